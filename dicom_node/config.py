@@ -1,0 +1,144 @@
+"""Node configuration: one typed model, from a YAML file and ``PICARD_*`` environment variables.
+
+Environment variables override the YAML file; nested fields use ``__`` as separator, e.g.
+``PICARD_DESTINATIONS='[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the YAML config file.
+CONFIG_PATH_ENV = "PICARD_CONFIG"
+
+
+class Destination(BaseModel):
+    """A DICOM peer that receives the results (C-STORE SCP).
+
+    Attributes
+    ----------
+    ae_title : str
+        Called AE title of the peer, e.g. ``"ORTHANC"``.
+    host : str
+        Host name or IP address, e.g. ``"127.0.0.1"``.
+    port : int
+        TCP port, e.g. ``4242``.
+    """
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything the node, the workers and the CLI need to know.
+
+    Attributes
+    ----------
+    ae_title : str
+        The node's own AE title (called AE title it answers to, calling AE title when it
+        sends). Default ``"PICARD"``.
+    host : str
+        Address the storage SCP binds to. Default ``"0.0.0.0"``.
+    port : int
+        Port of the storage SCP; ``0`` picks a free port. Default ``11112``.
+    spool_dir : Path
+        Folder for received instances, job state, results and the outbox. Must be shared by
+        all workers when they run on several machines. Default ``./spool``.
+    broker_url : str or None
+        Celery broker, e.g. ``"redis://127.0.0.1:6379/0"``. ``None`` (default) runs an embedded
+        worker with a durable on-disk broker under ``spool_dir/broker``.
+    destinations : list of Destination
+        Where results are sent. Default: none (results stay in the spool).
+    series_quiet_seconds : float
+        A per-slice series is complete after this many seconds without a new instance.
+        Default ``10``.
+    model_bundle : Path or None
+        Model bundle folder; ``None`` uses the bundle shipped in ``models/bundles/default``.
+    device : str
+        Torch device for the workers: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Default ``"cpu"``.
+    worker_concurrency : int
+        Processes of the embedded worker. Default ``1``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PICARD_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    ae_title: str = "PICARD"
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=0, le=65535)
+    spool_dir: Path = Path("spool")
+    broker_url: str | None = None
+    destinations: list[Destination] = Field(default_factory=list)
+    series_quiet_seconds: float = Field(default=10.0, gt=0)
+    model_bundle: Path | None = None
+    device: str = "cpu"
+    worker_concurrency: int = Field(default=1, ge=1)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        if not 0 < len(value) <= 16 or "\\" in value or not value.isascii():
+            raise ValueError(f"AE title {value!r} must be 1-16 ASCII characters without '\\'")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _empty_broker_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker URL is configured (embedded worker, on-disk broker)."""
+        return self.broker_url is None
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from a YAML file (optional), ``PICARD_*`` variables and overrides.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        YAML file; defaults to the file named by ``$PICARD_CONFIG`` if set.
+    **overrides
+        Field values that win over both file and environment.
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be read or does not hold a mapping; the message names the path.
+    """
+    path = path or os.environ.get(CONFIG_PATH_ENV)
+    file_values: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read config file {str(path)!r}: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
+        file_values = loaded
+    # Init arguments beat the environment in pydantic-settings; the environment must beat the
+    # file, so file values whose variable is set are dropped before construction.
+    values = {k: v for k, v in file_values.items() if not _in_env(k)}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)
+
+
+def _in_env(field: str) -> bool:
+    return f"PICARD_{field.upper()}" in os.environ
