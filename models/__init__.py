@@ -1,0 +1,1 @@
+"""PICARD model core: completion network, critics, MCD scoring, heatmaps, bundles."""
