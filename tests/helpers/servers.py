@@ -1,0 +1,210 @@
+"""Real servers for integration tests: Redis, Orthanc, and the node's own processes.
+
+Each starts on free loopback ports in a temporary folder and is stopped in teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Block until something listens on ``port`` (or fail, naming the process's exit)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s; also kills the process group's children."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on a free port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=open(workdir / "redis.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        wait_for_port(self.port, proc=self.proc)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+class Orthanc:
+    """A real Orthanc with its own storage, acting as the PACS."""
+
+    def __init__(self, workdir: Path, *, ae_title: str = "ORTHANC",
+                 modalities: dict[str, list[Any]] | None = None) -> None:
+        if shutil.which("Orthanc") is None:
+            raise RuntimeError("Orthanc is not installed (apt-get install orthanc)")
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ae_title = ae_title
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        config = {
+            "Name": "picard-test-pacs",
+            "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": ae_title,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "HttpServerEnabled": True,
+            "DicomServerEnabled": True,
+            "DicomModalities": modalities or {},
+            "Plugins": [],
+            "StableAge": 1,
+            "ConcurrentJobs": 1,
+        }
+        self.config_path = workdir / "orthanc.json"
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["Orthanc", str(self.config_path)],
+                                     stdout=open(self.workdir / "orthanc.log", "a"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.http_port, proc=self.proc)
+        wait_for_port(self.dicom_port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def get(self, path: str) -> Any:
+        r = requests.get(self.base_url + path, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def instances_of_study(self, study_uid: str) -> list[dict[str, Any]]:
+        """Main tags of every instance in the study with this Study Instance UID."""
+        found = requests.post(self.base_url + "/tools/find", timeout=10, json={
+            "Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True})
+        found.raise_for_status()
+        return found.json()
+
+    def download(self, instance_id: str, dest: Path) -> Path:
+        r = requests.get(f"{self.base_url}/instances/{instance_id}/file", timeout=30)
+        r.raise_for_status()
+        dest.write_bytes(r.content)
+        return dest
+
+
+class NodeProcess:
+    """``picard-node serve`` (and optionally a separate ``picard-node worker``) as processes."""
+
+    def __init__(self, workdir: Path, *, destinations: list[str], broker_url: str | None = None,
+                 quiet_seconds: float = 2.0, extra_env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.spool = workdir / "spool"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PICARD_")}
+        self.env.update(extra_env or {})
+        self.env["PYTHONPATH"] = str(REPO_ROOT)
+        if broker_url:
+            self.env["PICARD_BROKER_URL"] = broker_url
+        self.args = ["--spool-dir", str(self.spool), "--quiet-seconds", str(quiet_seconds)]
+        for d in destinations:
+            self.args += ["--destination", d]
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def start(self, port: int = 0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "serve", "--port", str(port or free_port()),
+             *self.args],
+            stdout=subprocess.PIPE, stderr=open(self.workdir / "node.log", "a"), text=True,
+            env=self.env, cwd=REPO_ROOT, start_new_session=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"node did not start: {(self.workdir / 'node.log').read_text()[-3000:]}")
+        self.port = json.loads(line)["port"]
+        wait_for_port(self.port, proc=self.proc)
+
+    def start_worker(self, queues: str = "gpu,io") -> subprocess.Popen:
+        spool_args = ["--spool-dir", str(self.spool)]
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "worker", "--queues", queues, "--pool", "solo",
+             *spool_args],
+            stdout=open(self.workdir / f"worker{len(self.workers)}.log", "a"),
+            stderr=subprocess.STDOUT, env=self.env, cwd=REPO_ROOT, start_new_session=True)
+        self.workers.append(worker)
+        return worker
+
+    def log(self) -> str:
+        return "\n".join(p.read_text()[-4000:] for p in sorted(self.workdir.glob("*.log")))
+
+    def stop(self) -> None:
+        for w in self.workers:
+            stop_process(w)
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+def storescu(port: int, files: list[Path], *, called_ae: str = "PICARD",
+             calling_ae: str = "STORESCU", timeout: float = 120) -> subprocess.CompletedProcess:
+    """Send files with dcmtk's ``storescu`` (``-R``: propose only what the files need)."""
+    return subprocess.run(
+        ["storescu", "-R", "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port),
+         *[str(f) for f in files]],
+        capture_output=True, text=True, timeout=timeout)

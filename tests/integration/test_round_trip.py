@@ -1,0 +1,191 @@
+"""End to end on real parts: dcmtk storescu → picard-node serve → workers → Orthanc.
+
+The node runs as real processes (``python -m workers.cli serve`` / ``worker``); Redis and
+Orthanc are real servers; every result object is checked with ``dciodvfy``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless
+
+from dicom_node.dciodvfy import run_dciodvfy
+from dicom_node.synthetic import write_bto
+from models.phantom import make_phantom
+from tests.helpers.servers import NodeProcess, free_port, storescu
+
+pytestmark = pytest.mark.integration
+
+PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@dataclass
+class Exam:
+    files: list[Path]
+    study_uid: str
+    series_uid: str
+    frames: int
+    rows: int
+    cols: int
+
+
+def make_exam(out: Path, *, seed: int, per_slice: bool = False, transfer_syntax=None,
+              laterality: str = "L") -> Exam:
+    """A small synthetic DBT exam (0.4 mm pixels, the default bundle's spacing)."""
+    phantom = make_phantom(seed=seed, lesions=1, slices=6, rows=192, cols=144,
+                           laterality=laterality, pixel_spacing_mm=0.4,
+                           lesion_diameter_mm=(12.0, 20.0))
+    kwargs = {} if transfer_syntax is None else {"transfer_syntax": transfer_syntax}
+    files = write_bto(phantom.volume, out, laterality=phantom.laterality, view=phantom.view,
+                      pixel_spacing_mm=phantom.pixel_spacing_mm,
+                      slice_thickness_mm=phantom.slice_thickness_mm, seed=seed,
+                      per_slice=per_slice, **kwargs)
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return Exam(files, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                phantom.volume.shape[0], phantom.volume.shape[1], phantom.volume.shape[2])
+
+
+def wait_for_results(orthanc, exam: Exam, dest: Path, timeout: float = 300) -> dict[str, list]:
+    """Poll Orthanc's REST API until a SEG and a Parametric Map of the study are there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    by_class: dict[str, list] = {}
+    while time.monotonic() < deadline:
+        by_class = {}
+        for inst in orthanc.instances_of_study(exam.study_uid):
+            path = orthanc.download(inst["ID"], dest / f"{inst['ID']}.dcm")
+            ds = pydicom.dcmread(path)
+            by_class.setdefault(str(ds.SOPClassUID), []).append((path, ds))
+        if PM_SOP_CLASS in by_class and SEG_SOP_CLASS in by_class:
+            time.sleep(2.0)  # let any duplicate arrive before counting
+            return by_class
+        time.sleep(1.0)
+    raise AssertionError(f"no SEG + Parametric Map in Orthanc after {timeout} s; got {list(by_class)}")
+
+
+def check_results(by_class: dict[str, list], exam: Exam) -> None:
+    """One SEG and one PM, on the source grid, referencing the source, dciodvfy-clean."""
+    assert len(by_class[PM_SOP_CLASS]) == 1, "Parametric Map delivered more than once"
+    assert len(by_class[SEG_SOP_CLASS]) == 1, "Segmentation delivered more than once"
+    for sop_class in (PM_SOP_CLASS, SEG_SOP_CLASS):
+        path, ds = by_class[sop_class][0]
+        assert ds.StudyInstanceUID == exam.study_uid
+        assert ds.SeriesInstanceUID != exam.series_uid
+        assert (ds.Rows, ds.Columns) == (exam.rows, exam.cols)
+        referenced = {s.SeriesInstanceUID for s in ds.ReferencedSeriesSequence}
+        assert exam.series_uid in referenced
+        errors, _ = run_dciodvfy(path)
+        assert errors == [], f"dciodvfy errors in {sop_class}: {errors}"
+    _, pm = by_class[PM_SOP_CLASS][0]
+    assert int(pm.NumberOfFrames) == exam.frames
+
+
+def _round_trip(tmp_path: Path, orthanc_factory, exam: Exam, *, broker_url: str | None = None,
+                separate_worker: bool = False) -> dict[str, list]:
+    node_port = free_port()
+    orthanc = orthanc_factory(modalities={"picard": ["PICARD", "127.0.0.1", node_port]})
+    node = NodeProcess(tmp_path / "node", broker_url=broker_url,
+                       destinations=[f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}"])
+    try:
+        node.start(port=node_port)
+        if separate_worker:
+            node.start_worker()
+        sent = storescu(node.port, exam.files)
+        assert sent.returncode == 0, sent.stderr
+        try:
+            return wait_for_results(orthanc, exam, tmp_path / "from_pacs")
+        except AssertionError:
+            raise AssertionError(node.log())
+    finally:
+        node.stop()
+
+
+def test_round_trip_redis_broker_separate_worker(tmp_path, orthanc_factory, redis_server):
+    exam = make_exam(tmp_path / "exam", seed=11)
+    results = _round_trip(tmp_path, orthanc_factory, exam, broker_url=redis_server.url,
+                          separate_worker=True)
+    check_results(results, exam)
+
+
+def test_round_trip_embedded_no_redis(tmp_path, orthanc_factory):
+    exam = make_exam(tmp_path / "exam", seed=12, laterality="R")
+    results = _round_trip(tmp_path, orthanc_factory, exam)
+    check_results(results, exam)
+    # the embedded broker kept its queue on disk inside the spool
+    assert (tmp_path / "node" / "spool" / "broker" / "queue").is_dir()
+
+
+def test_round_trip_per_slice_series(tmp_path, orthanc_factory):
+    exam = make_exam(tmp_path / "exam", seed=13, per_slice=True)
+    assert len(exam.files) == exam.frames
+    results = _round_trip(tmp_path, orthanc_factory, exam)
+    _, seg = results[SEG_SOP_CLASS][0]
+    errors, _ = run_dciodvfy(results[SEG_SOP_CLASS][0][0])
+    assert errors == []
+    assert len(results[SEG_SOP_CLASS]) == 1 and len(results[PM_SOP_CLASS]) == 1
+    _, pm = results[PM_SOP_CLASS][0]
+    assert int(pm.NumberOfFrames) == exam.frames
+
+
+def test_round_trip_jpeg2000(tmp_path, orthanc_factory):
+    exam = make_exam(tmp_path / "exam", seed=14, transfer_syntax=JPEG2000Lossless)
+    assert pydicom.dcmread(exam.files[0]).file_meta.TransferSyntaxUID == JPEG2000Lossless
+    results = _round_trip(tmp_path, orthanc_factory, exam)
+    check_results(results, exam)
+
+
+def test_non_dbt_and_corrupt_are_refused_and_node_keeps_serving(tmp_path, orthanc_factory):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    # an RT Plan: not an image the node accepts
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.5"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    rt = Dataset()
+    rt.file_meta = meta
+    rt.SOPClassUID = meta.MediaStorageSOPClassUID
+    rt.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    rt.StudyInstanceUID, rt.SeriesInstanceUID = generate_uid(), generate_uid()
+    rt.Modality = "RTPLAN"
+    rt_path = tmp_path / "rtplan.dcm"
+    rt.save_as(rt_path, enforce_file_format=True)
+
+    exam = make_exam(tmp_path / "exam", seed=15)
+    corrupt = tmp_path / "corrupt.dcm"
+    data = exam.files[0].read_bytes()
+    corrupt.write_bytes(data[: len(data) // 3])  # pixel data cut short
+
+    node_port = free_port()
+    orthanc = orthanc_factory(modalities={"picard": ["PICARD", "127.0.0.1", node_port]})
+    node = NodeProcess(tmp_path / "node",
+                       destinations=[f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}"])
+    try:
+        node.start(port=node_port)
+        refused = storescu(node.port, [rt_path])
+        assert refused.returncode != 0 or "Failed" in refused.stderr + refused.stdout \
+            or "No presentation context" in refused.stderr + refused.stdout
+        storescu(node.port, [corrupt])
+        assert node.proc.poll() is None, "node died on a corrupt file"
+        sent = storescu(node.port, exam.files)
+        assert sent.returncode == 0, sent.stderr
+        try:
+            results = wait_for_results(orthanc, exam, tmp_path / "from_pacs")
+        except AssertionError:
+            raise AssertionError(node.log())
+        check_results(results, exam)
+        log = node.log()
+        assert "1.2.840.10008.5.1.4.1.1.481.5" in log or "RT Plan" in log
+        quarantined = list((node.spool / "quarantine").rglob("*")) if (node.spool / "quarantine").exists() else []
+        # the corrupt instance was refused at receive time or quarantined, never processed
+        assert quarantined or "corrupt" in log.lower() or "refus" in log.lower()
+    finally:
+        node.stop()

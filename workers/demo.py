@@ -1,0 +1,131 @@
+"""``picard-node demo``: the whole product on one machine in one command.
+
+A synthetic exam is sent with a C-STORE client to ``picard-node serve`` (embedded worker, no
+Redis); the results go to a local archive standing in for the PACS; the demo prints a summary
+and writes PNG previews of the Parametric Map over the slices with the highest scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from dicom_node.archive import LocalArchive
+from dicom_node.preview import write_previews
+from dicom_node.scu import send_datasets
+from dicom_node.synthetic import write_bto, write_truth_seg
+from models.phantom import make_phantom
+
+PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def parametric_map_values(ds: pydicom.Dataset) -> np.ndarray:
+    """Decode a Parametric Map to model units through its Real World Value Mapping."""
+    pixels = ds.pixel_array.astype(np.float32)
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    if "RealWorldValueMappingSequence" in shared:
+        mappings = [shared.RealWorldValueMappingSequence[0]] * pixels.shape[0]
+    else:
+        mappings = [f.RealWorldValueMappingSequence[0] for f in ds.PerFrameFunctionalGroupsSequence]
+    out = np.empty_like(pixels)
+    for i, m in enumerate(mappings):
+        out[i] = pixels[i] * float(m.RealWorldValueSlope) + float(m.RealWorldValueIntercept)
+    return out
+
+
+def run_demo(out: Path, *, seed: int = 7, timeout: float = 900) -> int:
+    """Run the demo; returns a process exit code."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    phantom = make_phantom(seed=seed, lesions=2, slices=24, rows=512, cols=384, laterality="R",
+                           view="CC")
+    exam_dir = out / "exam"
+    exam_dir.mkdir(exist_ok=True)
+    files = write_bto(phantom.volume, exam_dir, laterality=phantom.laterality, view=phantom.view,
+                      pixel_spacing_mm=phantom.pixel_spacing_mm,
+                      slice_thickness_mm=phantom.slice_thickness_mm, seed=seed)
+    (exam_dir / "truth").mkdir(exist_ok=True)
+    write_truth_seg(files, phantom.lesion_mask, exam_dir / "truth")
+    t_synth = time.monotonic() - t0
+    print(f"synthetic exam: {files[0]} ({phantom.volume.shape[0]} slices "
+          f"{phantom.volume.shape[1]}x{phantom.volume.shape[2]}, laterality "
+          f"{phantom.laterality}, {len(phantom.lesions)} lesions) in {t_synth:.1f} s")
+
+    archive = LocalArchive(out / "pacs", ae_title="LOCALPACS")
+    archive.start()
+    node_log = open(out / "node.log", "w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICARD_")}
+    node = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "serve", "--port", "0", "--ae-title", "PICARD",
+         "--spool-dir", str(out / "spool"), "--quiet-seconds", "2",
+         "--destination", f"LOCALPACS@127.0.0.1:{archive.port}"],
+        stdout=subprocess.PIPE, stderr=node_log, text=True, env=env)
+    try:
+        line = node.stdout.readline()
+        if not line:
+            print(f"node did not start; see {out / 'node.log'}")
+            return 1
+        port = json.loads(line)["port"]
+        print(f"node listening on port {port} (embedded worker); local PACS on {archive.port}")
+        t_send = time.monotonic()
+        send_datasets(files, ae_title="PICARD", host="127.0.0.1", port=port,
+                      calling_ae_title="DEMOSCU")
+        print(f"sent {len(files)} instance(s) with C-STORE in {time.monotonic() - t_send:.1f} s")
+        results = _wait_for_results(archive, timeout)
+        t_done = time.monotonic()
+        if results is None:
+            print(f"no results after {timeout:.0f} s; see {out / 'node.log'}")
+            return 1
+    finally:
+        node.terminate()
+        try:
+            node.wait(30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        archive.stop()
+        node_log.close()
+
+    pm, seg = results
+    heatmap = parametric_map_values(pm)
+    result_json = next((out / "spool" / "results").glob("*/result.json"))
+    summary = json.loads(result_json.read_text())
+    previews = write_previews(phantom.volume, heatmap, out / "previews",
+                              threshold=summary["threshold"], truth=phantom.lesion_mask)
+    seg_frames = int(getattr(seg, "NumberOfFrames", 0))
+    print("\n=== PICARD demo summary ===")
+    print(f"model:                 {summary['model_version']} (threshold {summary['threshold']:.4g})")
+    print(f"max MCD score:         {summary['max_score']:.4g}")
+    print(f"frames with findings:  {summary['frames_with_findings'] or 'none'}")
+    print(f"SEG frames stored:     {seg_frames}")
+    truth_frames = [int(z) + 1 for z in np.flatnonzero(phantom.lesion_mask.any(axis=(1, 2)))]
+    print(f"truth lesion frames:   {truth_frames[0]}-{truth_frames[-1]}" if truth_frames else
+          "truth lesion frames:   none")
+    print(f"timings:               synth {t_synth:.1f} s, load {summary['seconds']['load']:.1f} s,"
+          f" score {summary['seconds']['score']:.1f} s, send→results {t_done - t_send:.1f} s")
+    print(f"results in local PACS: {out / 'pacs'} ({len(archive.received)} objects)")
+    print(f"previews:              {', '.join(str(p) for p in previews)}")
+    return 0
+
+
+def _wait_for_results(archive: LocalArchive, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = {}
+        for path in list(archive.received):
+            ds = pydicom.dcmread(path)
+            found[str(ds.SOPClassUID)] = ds
+        if PM_SOP_CLASS in found and SEG_SOP_CLASS in found:
+            return found[PM_SOP_CLASS], found[SEG_SOP_CLASS]
+        time.sleep(1.0)
+    return None
