@@ -275,7 +275,8 @@ class ContextualAttention(nn.Module):
         usable = usable.view(-1, num_l, 1, 1)
 
         # cosine-like matching score: patches normalised with the reference's epsilon
-        norm = torch.sqrt((w.pow(2) + 1e-4).sum(dim=(2, 3, 4), keepdim=True))
+        norm = torch.sqrt((w.pow(2) + 1e-4).sum(4, keepdim=True).sum(3, keepdim=True)
+                          .sum(2, keepdim=True))
         w_normed = (w / norm).reshape(n * num_l, c, self.ksize, self.ksize)
         y = F.conv2d(f.reshape(1, n * c, hf, wf), w_normed, padding=self.ksize // 2, groups=n)
         y = y.view(n, num_l, hf, wf)
