@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         Torch device for the workers: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Default ``"cpu"``.
     worker_concurrency : int
         Processes of the embedded worker. Default ``1``.
+    allowed_calling_aets : list of str
+        Calling AE titles the storage SCP accepts associations from; empty (default) accepts
+        any, e.g. ``["MODALITY1", "PACS"]``.
+    min_free_bytes : int
+        The storage SCP refuses instances (status 0xA700, out of resources) while the spool's
+        file system has fewer free bytes than this. Default ``1_000_000_000`` (1 GB), e.g.
+        ``5_000_000_000``.
     """
 
     model_config = SettingsConfigDict(env_prefix="PICARD_", env_nested_delimiter="__",
@@ -83,6 +90,8 @@ class Settings(BaseSettings):
     model_bundle: Path | None = None
     device: str = "cpu"
     worker_concurrency: int = Field(default=1, ge=1)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    min_free_bytes: int = Field(default=1_000_000_000, ge=0)
 
     @field_validator("ae_title")
     @classmethod

@@ -1,0 +1,380 @@
+"""Durable on-disk spool for received DICOM instances and the state of their series.
+
+Layout under the spool root (``Settings.spool_dir``)::
+
+    incoming/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+    incoming/<StudyInstanceUID>/<SeriesInstanceUID>/.state/{received,complete,dispatched,done}.json
+    quarantine/<time>-<name>.dcm  +  <time>-<name>.dcm.reason.txt
+    tmp/                          scratch files, always on the spool's file system
+
+An instance is written durably before the storage SCP answers success: the bytes go to a
+temporary file in the destination folder, the file is fsynced, renamed over the final name
+and the folder is fsynced (new folders are fsynced into their parents too). A file received
+by pynetdicom in chunked mode (``event.dataset_path``) is moved into place with the same
+guarantees (``os.replace`` on the same file system, else copy + fsync).
+
+UIDs become path components, so they must be DICOM UIDs (digits and dots, at most 64
+characters); anything else is rejected with :class:`SpoolError`.
+
+Series state is a set of small JSON marker files written atomically:
+``received`` (first instance stored) → ``complete`` (quiet period over, or a multi-frame
+instance arrived) → ``dispatched`` (job id) → ``done``. :meth:`Spool.pending_series` lists
+complete series that were not dispatched, so a restarted node can dispatch them again.
+A second copy of an instance (same SOP Instance UID) replaces the first and changes no state.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Sub-folders of the spool root.
+INCOMING_DIR = "incoming"
+QUARANTINE_DIR = "quarantine"
+TMP_DIR = "tmp"
+#: Hidden folder inside a series folder holding its state markers.
+STATE_DIR = ".state"
+#: Marker names, in the order a series passes through them.
+MARKERS = ("received", "complete", "dispatched", "done")
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_NAME_RE = re.compile(r"[^0-9A-Za-z._-]")
+_COPY_CHUNK = 16 * 1024 * 1024
+
+
+class SpoolError(ValueError):
+    """Raised for input the spool cannot store (bad UID, missing file)."""
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    """A series in the spool.
+
+    Attributes
+    ----------
+    study_uid : str
+        Study Instance UID.
+    series_uid : str
+        Series Instance UID.
+    directory : str
+        Spool folder holding the series' ``*.dcm`` files.
+    """
+
+    study_uid: str
+    series_uid: str
+    directory: str
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """Outcome of storing one instance.
+
+    Attributes
+    ----------
+    path : Path
+        Final location of the instance file.
+    series : SeriesRef
+        The series it belongs to.
+    duplicate : bool
+        True if an instance with the same SOP Instance UID was already there (it was replaced).
+    new_series : bool
+        True if this was the first instance of the series in the spool.
+    """
+
+    path: Path
+    series: SeriesRef
+    duplicate: bool
+    new_series: bool
+
+
+def check_uid(value: Any, name: str = "UID") -> str:
+    """Return `value` as a UID string safe to use as a path component.
+
+    Parameters
+    ----------
+    value : Any
+        The UID; surrounding spaces and NUL padding are removed.
+    name : str
+        What the UID is, for the error message, e.g. ``"SeriesInstanceUID"``.
+
+    Raises
+    ------
+    SpoolError
+        If the value is not 1-64 characters of digits and dots in dot-separated groups.
+    """
+    text = str(value if value is not None else "").strip(" \x00")
+    if not text or len(text) > 64 or not _UID_RE.match(text):
+        raise SpoolError(f"{name} {str(value)!r} is not a DICOM UID (digits and dots, 1-64 chars)")
+    return text
+
+
+def fsync_path(path: Path, *, directory: bool = False) -> None:
+    """fsync a file or folder by path."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` durably: temp file in the same folder, fsync, rename, fsync folder."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(Path(tmp))
+        raise
+    fsync_path(path.parent, directory=True)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _makedirs_durable(path: Path) -> None:
+    """Create `path` and missing parents, fsyncing each new folder into its parent."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # another thread made it; it fsyncs the parent itself
+        fsync_path(folder.parent, directory=True)
+
+
+def _move_durable(src: Path, dst: Path) -> None:
+    """Move `src` over `dst` durably; copy + fsync when they are on different file systems."""
+    fsync_path(src)
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        try:
+            with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                shutil.copyfileobj(fin, fout, _COPY_CHUNK)
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(tmp, dst)
+        except BaseException:
+            _unlink_quietly(Path(tmp))
+            raise
+        _unlink_quietly(src)
+    fsync_path(dst.parent, directory=True)
+
+
+class Spool:
+    """The spool folder: instances, quarantine and series state.
+
+    Parameters
+    ----------
+    root : Path
+        Spool root (``Settings.spool_dir``); created if missing.
+
+    Notes
+    -----
+    Methods are safe to call from several threads (and processes) at once: every file
+    appears under its final name only when complete.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.incoming_dir = self.root / INCOMING_DIR
+        self.quarantine_dir = self.root / QUARANTINE_DIR
+        self.tmp_dir = self.root / TMP_DIR
+        for folder in (self.incoming_dir, self.quarantine_dir, self.tmp_dir):
+            _makedirs_durable(folder)
+
+    # ------------------------------------------------------------------ instances
+    def series_ref(self, study_uid: str, series_uid: str) -> SeriesRef:
+        """Return the reference of a series (UIDs checked), whether or not it exists yet."""
+        study = check_uid(study_uid, "StudyInstanceUID")
+        series = check_uid(series_uid, "SeriesInstanceUID")
+        return SeriesRef(study, series, str(self.incoming_dir / study / series))
+
+    def instance_path(self, ref: SeriesRef, sop_instance_uid: str) -> Path:
+        """Final path of an instance of `ref`."""
+        return Path(ref.directory) / f"{check_uid(sop_instance_uid, 'SOPInstanceUID')}.dcm"
+
+    def store_bytes(self, data: bytes, *, study_uid: str, series_uid: str,
+                    sop_instance_uid: str) -> StoredInstance:
+        """Write an encoded DICOM file (preamble, meta, data set) into the spool durably.
+
+        Raises
+        ------
+        SpoolError
+            If a UID is not a valid DICOM UID.
+        OSError
+            If the file cannot be written (disk full, permissions).
+        """
+        ref, dst, new_series = self._prepare(study_uid, series_uid, sop_instance_uid)
+        duplicate = dst.exists()
+        atomic_write_bytes(dst, data)
+        return StoredInstance(dst, ref, duplicate, new_series)
+
+    def adopt_file(self, src: Path | str, *, study_uid: str, series_uid: str,
+                   sop_instance_uid: str) -> StoredInstance:
+        """Move a complete DICOM file (e.g. pynetdicom's ``event.dataset_path``) into the spool.
+
+        The file is fsynced, renamed into the series folder (copied + fsynced if it lies on
+        another file system) and the folder is fsynced. `src` no longer exists afterwards.
+
+        Raises
+        ------
+        SpoolError
+            If a UID is not a valid DICOM UID or `src` does not exist.
+        OSError
+            If the file cannot be moved.
+        """
+        src = Path(src)
+        if not src.is_file():
+            raise SpoolError(f"cannot adopt {str(src)!r}: not a file")
+        ref, dst, new_series = self._prepare(study_uid, series_uid, sop_instance_uid)
+        duplicate = dst.exists()
+        _move_durable(src, dst)
+        return StoredInstance(dst, ref, duplicate, new_series)
+
+    def _prepare(self, study_uid: str, series_uid: str,
+                 sop_instance_uid: str) -> tuple[SeriesRef, Path, bool]:
+        ref = self.series_ref(study_uid, series_uid)
+        dst = self.instance_path(ref, sop_instance_uid)
+        folder = Path(ref.directory)
+        new_series = not folder.is_dir()
+        if new_series:
+            _makedirs_durable(folder)
+        return ref, dst, new_series
+
+    def series_files(self, ref: SeriesRef) -> list[Path]:
+        """The ``*.dcm`` files of a series, sorted by name."""
+        return sorted(p for p in Path(ref.directory).glob("*.dcm") if p.is_file())
+
+    # ------------------------------------------------------------------ quarantine
+    def quarantine(self, src: Path | str | bytes, *, name: str, reason: str) -> Path:
+        """Keep a bad instance aside with a ``<file>.reason.txt`` next to it and log it.
+
+        Parameters
+        ----------
+        src : Path, str or bytes
+            File to move into the quarantine (it is moved, not copied) or its bytes.
+        name : str
+            Base name, e.g. the SOP Instance UID; unsafe characters become ``_``.
+        reason : str
+            Why it was refused; written to the reason file and logged.
+
+        Returns
+        -------
+        Path
+            The quarantined file.
+        """
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        safe = _NAME_RE.sub("_", name)[:80] or "unknown"
+        dst = self.quarantine_dir / f"{stamp}-{safe}-{uuid.uuid4().hex[:8]}.dcm"
+        if isinstance(src, bytes):
+            atomic_write_bytes(dst, src)
+        else:
+            _move_durable(Path(src), dst)
+        atomic_write_bytes(dst.with_name(dst.name + ".reason.txt"), (reason + "\n").encode())
+        logger.warning("quarantined %s: %s", dst.name, reason)
+        return dst
+
+    # ------------------------------------------------------------------ series state
+    def _marker(self, ref: SeriesRef, name: str) -> Path:
+        if name not in MARKERS:
+            raise ValueError(f"marker {name!r} is not one of {MARKERS}")
+        return Path(ref.directory) / STATE_DIR / f"{name}.json"
+
+    def _write_marker(self, ref: SeriesRef, name: str, **fields: Any) -> None:
+        path = self._marker(ref, name)
+        if not path.parent.is_dir():
+            _makedirs_durable(path.parent)
+        body = {"study_uid": ref.study_uid, "series_uid": ref.series_uid, "time": time.time(),
+                **fields}
+        atomic_write_bytes(path, json.dumps(body, sort_keys=True).encode())
+
+    def read_marker(self, ref: SeriesRef, name: str) -> dict[str, Any] | None:
+        """Content of a state marker, or ``None`` if it is not set."""
+        try:
+            return json.loads(self._marker(ref, name).read_text())
+        except FileNotFoundError:
+            return None
+
+    def state(self, ref: SeriesRef) -> str | None:
+        """The furthest marker set for a series (``"received"`` … ``"done"``), or ``None``."""
+        current = None
+        for name in MARKERS:
+            if self._marker(ref, name).exists():
+                current = name
+        return current
+
+    def mark_received(self, ref: SeriesRef) -> None:
+        """Record that the series has instances in the spool (idempotent)."""
+        if not self._marker(ref, "received").exists():
+            self._write_marker(ref, "received")
+
+    def mark_complete(self, ref: SeriesRef, *, reason: str) -> None:
+        """Record that the series is complete, e.g. ``reason="quiet period"``."""
+        self._write_marker(ref, "complete", reason=reason)
+
+    def mark_dispatched(self, ref: SeriesRef, job_id: str | None) -> None:
+        """Record that the series was handed to a job (`job_id` may be ``None``)."""
+        self._write_marker(ref, "dispatched", job_id=job_id)
+
+    def mark_done(self, ref: SeriesRef) -> None:
+        """Record that the series' job finished."""
+        self._write_marker(ref, "done")
+
+    def reopen(self, ref: SeriesRef) -> None:
+        """Clear ``complete``/``dispatched``/``done`` after a new instance arrived late."""
+        for name in ("done", "dispatched", "complete"):
+            _unlink_quietly(self._marker(ref, name))
+        state_dir = Path(ref.directory) / STATE_DIR
+        if state_dir.is_dir():
+            fsync_path(state_dir, directory=True)
+
+    def all_series(self) -> list[SeriesRef]:
+        """Every series folder in the spool (sorted by study, then series UID)."""
+        refs = []
+        for study_dir in sorted(p for p in self.incoming_dir.iterdir() if p.is_dir()):
+            for series_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
+                refs.append(SeriesRef(study_dir.name, series_dir.name, str(series_dir)))
+        return refs
+
+    def pending_series(self) -> list[SeriesRef]:
+        """Series that are complete but were never dispatched."""
+        return [ref for ref in self.all_series() if self.state(ref) == "complete"]
+
+    def open_series(self) -> list[SeriesRef]:
+        """Series that received instances but are not complete yet (e.g. after a crash)."""
+        return [ref for ref in self.all_series() if self.state(ref) == "received"]
+
+
+def pending_series(spool_dir: Path | str) -> list[SeriesRef]:
+    """Complete but not dispatched series under `spool_dir` (see :meth:`Spool.pending_series`)."""
+    return Spool(spool_dir).pending_series()
