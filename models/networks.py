@@ -489,5 +489,5 @@ class Critic(nn.Module):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    """Number of parameters (trainable or frozen)."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,482 @@
+"""PICARD inference: pluralistic completion, minimum completion distance, heatmaps.
+
+PICARD (Konz et al., Med. Image Anal. 87:102836, 2023, arXiv:2305.03098) localises
+anomalies with a completion network trained on normal tissue only: the centre of each
+window is masked and completed M times with channel dropout left on, and the window is
+scored by the minimum completion distance (MCD) between the real centre and its
+completions, in image space (L2 over the hole pixels) or in the feature space of the
+local critic. :class:`Picard` wraps the networks of :mod:`models.networks` with the
+settings of a model card (:mod:`models.bundle`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import bundle as _bundle
+from models.heatmap import HeatmapConfig, sliding_window_heatmap
+from models.networks import CompletionNetwork, Critic, count_parameters
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Picard", "resolve_device", "HEATMAP_OVERRIDES"]
+
+_DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+SPACES = ("image", "feature")
+REDUCTIONS = ("min", "mean", "median")
+
+#: keyword overrides accepted by :meth:`Picard.heatmap` and :meth:`Picard.score_volume`
+HEATMAP_OVERRIDES = ("window", "hole", "stride", "M", "p", "metric", "batch_size",
+                     "tissue_level", "min_tissue_fraction", "intensity", "dropout", "seed")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Validate a device string (``cpu``, ``cuda``, ``cuda:N`` or ``mps``) and check it exists.
+
+    Raises
+    ------
+    ValueError
+        For any other string, or a device this machine does not have.
+    """
+    name = str(device)
+    if not _DEVICE_PATTERN.match(name):
+        raise ValueError(f"device must be one of 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only "
+                             f"{torch.cuda.device_count()} CUDA device(s) exist")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' requested but MPS is not available")
+    return torch.device(name)
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a ``module.`` prefix left by ``nn.DataParallel``."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _infer_ngf(gen_state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    key = "coarse_generator.conv1.conv.weight"
+    if key not in gen_state:
+        raise ValueError(f"generator state_dict lacks {key!r}: not a PICARD/DeepFill-v1 generator "
+                         f"(first keys: {list(gen_state)[:3]})")
+    w = gen_state[key]
+    return int(w.shape[0]), int(w.shape[1]) - 2
+
+
+def _infer_critic(state: dict[str, torch.Tensor], which: str) -> tuple[int, int]:
+    """(ndf, input side) of a critic state_dict."""
+    try:
+        ndf = int(state["dis_conv_module.conv1.conv.weight"].shape[0])
+        features = int(state["linear.weight"].shape[1])
+    except KeyError as exc:
+        raise ValueError(f"{which} critic state_dict lacks {exc.args[0]!r}") from exc
+    side = math.isqrt(features // (4 * ndf))
+    if 4 * ndf * side * side != features:
+        raise ValueError(f"{which} critic linear layer has {features} inputs, not 4*ndf*s^2")
+    return ndf, 16 * side
+
+
+class Picard:
+    """A PICARD model: completion network, critics and the model card.
+
+    Parameters
+    ----------
+    generator : CompletionNetwork
+        The completion network.
+    local_critic : Critic
+        Local critic (its convolution features define ``MCD_feature``).
+    global_critic : Critic, optional
+        Global critic (unused at inference, kept so bundles round-trip).
+    card : dict, optional
+        Model card (:func:`models.bundle.validate_card`); default: the official
+        settings. Its ``architecture`` entry is filled in from the networks.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    """
+
+    def __init__(self, generator: CompletionNetwork, local_critic: Critic,
+                 global_critic: Critic | None = None, *, card: dict[str, Any] | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.device = resolve_device(device)
+        card = dict(card) if card is not None else _bundle.official_card()
+        card["architecture"] = dict(card.get("architecture", {}))
+        card["architecture"].update(
+            ngf=generator.ngf, ndf=local_critic.ndf,
+            local_critic_input=local_critic.input_size,
+            global_critic_input=global_critic.input_size if global_critic else None,
+            parameters={"generator": count_parameters(generator),
+                        "local_critic": count_parameters(local_critic),
+                        "global_critic": count_parameters(global_critic) if global_critic else 0},
+        )
+        self.card: dict[str, Any] = _bundle.validate_card(card)
+        generator.set_dropout(self.card["dropout"]["layers"], self.card["dropout"]["p"])
+        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        self.local_critic = local_critic.to(self.device).eval().requires_grad_(False)
+        self.global_critic = (global_critic.to(self.device).eval().requires_grad_(False)
+                              if global_critic is not None else None)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_state_dicts(cls, gen_state: dict[str, torch.Tensor],
+                         dis_state: dict[str, dict[str, torch.Tensor]],
+                         device: str | torch.device = "cpu", *, ngf: int | None = None,
+                         card: dict[str, Any] | None = None) -> Picard:
+        """Build from an official-format generator state_dict and ``{"localD", "globalD"}``."""
+        gen_state = _strip_prefix(gen_state)
+        found_ngf, channels = _infer_ngf(gen_state)
+        if ngf is not None and ngf != found_ngf:
+            raise ValueError(f"ngf={ngf} given but the generator weights have ngf={found_ngf}")
+        if not isinstance(dis_state, dict) or "localD" not in dis_state:
+            raise ValueError("critic checkpoint must be a dict with 'localD' (and 'globalD'), got "
+                             f"keys {list(dis_state)[:4] if isinstance(dis_state, dict) else type(dis_state)}")
+        generator = CompletionNetwork(found_ngf, in_channels=channels)
+        generator.load_state_dict(gen_state, strict=True)
+        local_state = _strip_prefix(dis_state["localD"])
+        ndf, local_side = _infer_critic(local_state, "local")
+        local = Critic(ndf, local_side, in_channels=channels)
+        local.load_state_dict(local_state, strict=True)
+        global_ = None
+        if dis_state.get("globalD"):
+            global_state = _strip_prefix(dis_state["globalD"])
+            gndf, global_side = _infer_critic(global_state, "global")
+            global_ = Critic(gndf, global_side, in_channels=channels)
+            global_.load_state_dict(global_state, strict=True)
+        return cls(generator, local, global_, card=card, device=device)
+
+    @classmethod
+    def from_official(cls, gen_path: str | Path, dis_path: str | Path,
+                      device: str | torch.device = "cpu", *, ngf: int | None = None,
+                      card: dict[str, Any] | None = None) -> Picard:
+        """Load official checkpoints unchanged (``gen_*.pt`` and ``dis_*.pt``).
+
+        Parameters
+        ----------
+        gen_path : path
+            Generator ``state_dict`` file.
+        dis_path : path
+            ``{"localD": state_dict, "globalD": state_dict}`` file.
+        device : str
+            ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        ngf : int, optional
+            Expected width; inferred from the weights (an error if they disagree).
+        card : dict, optional
+            Model card; default :func:`models.bundle.official_card`.
+        """
+        resolve_device(device)
+        for path in (gen_path, dis_path):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"checkpoint {path} does not exist")
+        gen = torch.load(gen_path, map_location="cpu", weights_only=True)
+        dis = torch.load(dis_path, map_location="cpu", weights_only=True)
+        logger.info("loaded official checkpoints %s, %s", gen_path, dis_path)
+        return cls.from_state_dicts(gen, dis, device, ngf=ngf, card=card)
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path | None = None,
+                    device: str | torch.device = "cpu") -> Picard:
+        """Load a model bundle (default: :func:`models.bundle.default_bundle_path`)."""
+        folder = Path(bundle_dir) if bundle_dir is not None else _bundle.default_bundle_path()
+        gen, dis, card = _bundle.read_bundle(folder)
+        arch = card["architecture"]
+        model = cls.from_state_dicts(gen, dis, device, ngf=arch["ngf"], card=card)
+        if model.card["architecture"]["ndf"] != arch["ndf"]:
+            raise ValueError(f"bundle {folder}: card ndf={arch['ndf']} but weights have "
+                             f"ndf={model.card['architecture']['ndf']}")
+        return model
+
+    def save_bundle(self, bundle_dir: str | Path, card: dict[str, Any] | None = None) -> Path:
+        """Write generator.pt, critics.pt (official formats) and model_card.json.
+
+        ``card`` replaces the model's card (its architecture entry is recomputed).
+        """
+        if card is not None:
+            rebuilt = Picard(self.generator, self.local_critic, self.global_critic,
+                             card=card, device=self.device)
+            self.card = rebuilt.card
+        critics = {"localD": self.local_critic.state_dict(),
+                   "globalD": (self.global_critic.state_dict() if self.global_critic is not None
+                               else {})}
+        return _bundle.write_bundle(bundle_dir, self.generator.state_dict(), critics, self.card)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def threshold(self) -> float:
+        """MCD value above which the binary segmentation marks a pixel."""
+        value = self.card["threshold"]
+        if value is None:
+            raise ValueError("model card has no threshold; calibrate one and set card['threshold']")
+        return float(value)
+
+    # ------------------------------------------------------------------ completion
+    def _check_inputs(self, windows: torch.Tensor, mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(windows, torch.Tensor) or windows.ndim != 4 \
+                or windows.shape[1] != self.generator.in_channels:
+            raise ValueError(f"windows must be a (N, {self.generator.in_channels}, H, W) tensor, "
+                             f"got {getattr(windows, 'shape', type(windows))}")
+        if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1 \
+                or mask.shape[2:] != windows.shape[2:] or mask.shape[0] not in (1, windows.shape[0]):
+            raise ValueError(f"mask must be (N or 1, 1, H, W) matching windows {tuple(windows.shape)}, "
+                             f"got {getattr(mask, 'shape', type(mask))}")
+        return (windows.to(self.device, torch.float32), mask.to(self.device, torch.float32))
+
+    def complete(self, windows: torch.Tensor, mask: torch.Tensor, m: int = 10,
+                 dropout: bool = True, *, p: float | None = None,
+                 layers: Sequence[str] | None = None,
+                 max_batch: int | None = None) -> torch.Tensor:
+        """Draw ``m`` completions of the masked region of each window.
+
+        Parameters
+        ----------
+        windows : torch.Tensor
+            (N, 1, H, W) in [-1, 1]; H and W multiples of 8.
+        mask : torch.Tensor
+            (N or 1, 1, H, W), 1 inside the hole.
+        m : int
+            Completions per window.
+        dropout : bool
+            Keep dropout on in the card's layers (pluralistic); off = deterministic.
+        p, layers : optional
+            Override the card's dropout probability / layer list.
+        max_batch : int, optional
+            Completions per forward pass (default ``card["batch_size"] * m``).
+
+        Returns
+        -------
+        torch.Tensor
+            (N, m, 1, H, W): ``windows * (1 - mask) + output * mask``.
+        """
+        x, mask = self._check_inputs(windows, mask)
+        if m < 1:
+            raise ValueError(f"m must be >= 1, got {m!r}")
+        n = x.shape[0]
+        drop = self.card["dropout"]
+        self.generator.set_dropout((drop["layers"] if layers is None else layers) if dropout else None,
+                                   drop["p"] if p is None else p)
+        step = max_batch or self.card["batch_size"] * m
+        with torch.inference_mode():
+            xin = x * (1.0 - mask)
+            xr = xin.repeat_interleave(m, dim=0)
+            mr = mask.repeat_interleave(m, dim=0) if mask.shape[0] > 1 else mask
+            out = torch.empty_like(xr)
+            for s in range(0, n * m, step):
+                mk = mr[s:s + step] if mr.shape[0] > 1 else mr
+                _, refined = self.generator(xr[s:s + step], mk)
+                out[s:s + step] = refined * mk + xr[s:s + step] * (1.0 - mk)
+        return out.view(n, m, *x.shape[1:])
+
+    def critic_features(self, crops: torch.Tensor) -> torch.Tensor:
+        """Local-critic features (N, D) of hole crops (N, 1, h, w), resized (nearest) to the
+        critic's input side as the official code does."""
+        side = self.local_critic.input_size
+        with torch.inference_mode():
+            if crops.shape[-2:] != (side, side):
+                crops = F.interpolate(crops, size=(side, side), mode="nearest")
+            return self.local_critic.features(crops).flatten(1)
+
+    def mcd(self, windows: torch.Tensor, mask: torch.Tensor, m: int = 10, dropout: bool = True,
+            space: str = "image", reduce: str = "min", *, p: float | None = None,
+            layers: Sequence[str] | None = None) -> torch.Tensor:
+        """Completion distance of each window (official ``MCD``/``MeanCD``/``MedCD``).
+
+        Parameters
+        ----------
+        windows, mask, m, dropout, p, layers
+            As :meth:`complete`.
+        space : {"image", "feature"}
+            ``image``: L2 norm over the hole pixels; ``feature``: L2 between local-critic
+            features of the hole's bounding-box crop (all masks must share it).
+        reduce : {"min", "mean", "median"}
+            Reduction over the ``m`` completions (``median`` is the lower median).
+
+        Returns
+        -------
+        torch.Tensor
+            (N,) float32 scores on the model's device.
+        """
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        x, mask = self._check_inputs(windows, mask)
+        comps = self.complete(x, mask, m, dropout, p=p, layers=layers)  # (N, M, 1, H, W)
+        with torch.inference_mode():
+            if space == "image":
+                diff = (comps - x.unsqueeze(1)) * mask.unsqueeze(1)
+                dist = diff.flatten(2).norm(dim=2)
+            else:
+                (y0, y1), (x0, x1) = _hole_box(mask)
+                n = x.shape[0]
+                real = self.critic_features(x[:, :, y0:y1, x0:x1])  # (N, D)
+                fake = self.critic_features(comps.flatten(0, 1)[:, :, y0:y1, x0:x1])
+                dist = (fake.view(n, m, -1) - real.unsqueeze(1)).norm(dim=2)
+            if reduce == "min":
+                return dist.min(dim=1).values
+            if reduce == "mean":
+                return dist.mean(dim=1)
+            return dist.median(dim=1).values
+
+    # ------------------------------------------------------------------ heatmaps
+    def _settings(self, overrides: dict[str, Any]) -> tuple[HeatmapConfig, dict[str, Any]]:
+        unknown = set(overrides) - set(HEATMAP_OVERRIDES)
+        if unknown:
+            raise ValueError(f"unknown heatmap settings {sorted(unknown)}; "
+                             f"allowed: {list(HEATMAP_OVERRIDES)}")
+        card = self.card
+        get = lambda key, default: overrides.get(key, default)  # noqa: E731
+        config = HeatmapConfig(
+            window=get("window", card["window"]), hole=get("hole", card["hole"]),
+            stride=get("stride", card["stride"]), batch_size=get("batch_size", card["batch_size"]),
+            tissue_level=get("tissue_level", card["tissue_level"]),
+            min_tissue_fraction=get("min_tissue_fraction", card["min_tissue_fraction"]),
+            intensity=get("intensity", card["intensity"]["mode"]),
+        )
+        space, reduce = _bundle.parse_metric(get("metric", card["metric"]))
+        scoring = {"m": get("M", card["M"]), "p": get("p", card["dropout"]["p"]),
+                   "dropout": get("dropout", True), "space": space, "reduce": reduce,
+                   "seed": get("seed", 0)}
+        return config, scoring
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None) -> Iterator[None]:
+        """Fix the dropout draws (CPU and this model's CUDA device) inside the block."""
+        if seed is None:
+            yield
+            return
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    def heatmap(self, image: np.ndarray, *, progress: Callable[[int, int], None] | None = None,
+                **overrides: Any) -> np.ndarray:
+        """Sliding-window MCD heatmap of one slice.
+
+        Parameters
+        ----------
+        image : np.ndarray
+            (H, W) in [0, 1], already at ``card["pixel_spacing_mm"]``.
+        progress : callable, optional
+            ``progress(done_windows, total_windows)``.
+        **overrides
+            Any of :data:`HEATMAP_OVERRIDES` (``M``, ``p``, ``metric``, ``stride``, ...);
+            ``seed`` (default 0, ``None`` = unseeded) fixes the dropout draws.
+
+        Returns
+        -------
+        np.ndarray
+            (H, W) float32 scores.
+        """
+        config, s = self._settings(overrides)
+        image = np.asarray(image)
+        if image.ndim != 2:
+            raise ValueError(f"image must be 2D (H, W), got shape {image.shape}")
+        if config.intensity == "fixed" and image.size and (image.min() < -1e-6 or image.max() > 1 + 1e-6):
+            raise ValueError(f"image values must lie in [0, 1], got [{image.min()}, {image.max()}]")
+
+        def scorer(windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.mcd(windows, mask, s["m"], s["dropout"], s["space"], s["reduce"], p=s["p"])
+
+        with self._seeded(s["seed"]):
+            return sliding_window_heatmap(image, scorer, config, device=self.device,
+                                          progress=progress)
+
+    def score_volume(self, volume: np.ndarray, *,
+                     pixel_spacing_mm: float | tuple[float, float],
+                     progress: Callable[[int, int], None] | None = None,
+                     slice_step: int = 1, **overrides: Any) -> np.ndarray:
+        """Heatmap of every slice of a volume, on the volume's own grid.
+
+        Each scored slice is resampled (antialiased bilinear) from ``pixel_spacing_mm`` to
+        ``card["pixel_spacing_mm"]``, scored with :meth:`heatmap` and resampled back.
+        Slices are processed one at a time; only the output array is allocated in full.
+
+        Parameters
+        ----------
+        volume : np.ndarray
+            (Z, H, W) in [0, 1].
+        pixel_spacing_mm : float or (float, float)
+            In-plane spacing (row, column) of ``volume``.
+        progress : callable, optional
+            ``progress(done_slices, total_scored_slices)``.
+        slice_step : int
+            Score every ``slice_step``-th slice (and the last one); the others are
+            interpolated linearly along z.
+        **overrides
+            As :meth:`heatmap`.
+
+        Returns
+        -------
+        np.ndarray
+            (Z, H, W) float32.
+        """
+        if volume.ndim != 3:
+            raise ValueError(f"volume must be (Z, H, W), got shape {volume.shape}")
+        if not isinstance(slice_step, int) or slice_step < 1:
+            raise ValueError(f"slice_step must be an integer >= 1, got {slice_step!r}")
+        spacing = ((float(pixel_spacing_mm),) * 2 if np.isscalar(pixel_spacing_mm)
+                   else tuple(float(v) for v in pixel_spacing_mm))
+        if len(spacing) != 2 or min(spacing) <= 0:
+            raise ValueError(f"pixel_spacing_mm must be > 0 (row, col), got {pixel_spacing_mm!r}")
+        self._settings(overrides)  # fail early on bad overrides
+        z, h, w = volume.shape
+        target = float(self.card["pixel_spacing_mm"])
+        size = (max(1, round(h * spacing[0] / target)), max(1, round(w * spacing[1] / target)))
+        scored = list(range(0, z, slice_step))
+        if scored and scored[-1] != z - 1:
+            scored.append(z - 1)
+        out = np.zeros((z, h, w), dtype=np.float32)
+        logger.info("scoring %d of %d slices, %dx%d -> %dx%d px at %.3f mm", len(scored), z,
+                    h, w, size[0], size[1], target)
+        prev: int | None = None
+        for done, k in enumerate(scored, start=1):
+            img = _resample(np.asarray(volume[k], dtype=np.float32), size)
+            heat = self.heatmap(np.clip(img, 0.0, 1.0), **overrides)
+            out[k] = _resample(heat, (h, w))
+            if prev is not None and k - prev > 1:
+                for j in range(prev + 1, k):
+                    t = (j - prev) / (k - prev)
+                    out[j] = (1.0 - t) * out[prev] + t * out[k]
+            prev = k
+            if progress is not None:
+                progress(done, len(scored))
+        return out
+
+
+def _hole_box(mask: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Bounding box ((y0, y1), (x0, x1)) shared by all masks of the batch."""
+    union = mask.amax(dim=(0, 1)) > 0
+    if not union.any():
+        raise ValueError("mask has no hole pixels")
+    rows = torch.nonzero(union.any(dim=1)).flatten()
+    cols = torch.nonzero(union.any(dim=0)).flatten()
+    box = ((int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1))
+    inter = mask.amin(dim=(0, 1)) > 0
+    if int(inter.sum()) != (box[0][1] - box[0][0]) * (box[1][1] - box[1][0]):
+        raise ValueError("feature-space MCD needs one rectangular hole shared by the whole batch")
+    return box
+
+
+def _resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bilinear resize of an (H, W) float32 array (no-op if the size matches)."""
+    if image.shape == tuple(size):
+        return image.astype(np.float32, copy=False)
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    r = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return r[0, 0].numpy()
