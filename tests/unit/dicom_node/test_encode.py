@@ -1,0 +1,153 @@
+"""Tests for dicom_node.encode: Parametric Map + binary SEG on BTO and per-slice sources."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from dicom_node.dciodvfy import dciodvfy_available, run_dciodvfy
+from dicom_node.encode import encode_results
+from dicom_node.synthetic import write_bto
+from dicom_node.volume import load_series, unflip
+from tests.helpers.dicom_data import blob_mask, breast_volume, seg_to_volume, source_frame_index
+
+PM_SOP = "1.2.840.10008.5.1.4.1.1.30"
+SEG_SOP = "1.2.840.10008.5.1.4.1.1.66.4"
+THRESHOLD = 1.5
+
+
+def _roundtrip(ds: Dataset) -> Dataset:
+    buf = BytesIO()
+    ds.save_as(buf)
+    buf.seek(0)
+    return pydicom.dcmread(buf)
+
+
+def _heatmap(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    heat = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
+    heat[blob_mask(shape, (2, 20, 10), 3)] = 2.5
+    heat[blob_mask(shape, (5, 40, 30), 2)] = 1.8
+    return heat
+
+
+@pytest.fixture(scope="module")
+def bto_source(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("bto")
+    paths = write_bto(
+        breast_volume(laterality="R"), out, laterality="R", view="CC",
+        pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=5,
+    )
+    return load_series(paths)
+
+
+@pytest.fixture(scope="module")
+def slice_source(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("slices")
+    paths = write_bto(
+        breast_volume(frames=6), out, laterality="L", view="MLO",
+        pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=6, per_slice=True,
+    )
+    return load_series(paths)
+
+
+def _encode(volume, heat: np.ndarray, seed: str = "job-1", **kwargs) -> list[Dataset]:
+    args = dict(threshold=THRESHOLD, model_version="1.2.3", output_uid_seed=seed)
+    args.update(kwargs)
+    return encode_results(volume.source_datasets, heat, laterality=volume.laterality, **args)
+
+
+@pytest.mark.parametrize("source", ["bto_source", "slice_source"])
+def test_seg_and_pm_content(source: str, request: pytest.FixtureRequest) -> None:
+    volume = request.getfixturevalue(source)
+    stored_heat = unflip(_heatmap(volume.pixels.shape), volume)
+    pm, seg = (_roundtrip(d) for d in _encode(volume, stored_heat))
+    sources = volume.source_datasets
+    src = sources[0]
+
+    assert pm.SOPClassUID == PM_SOP and seg.SOPClassUID == SEG_SOP
+    for obj in (pm, seg):
+        assert obj.StudyInstanceUID == src.StudyInstanceUID
+        assert obj.SeriesInstanceUID != src.SeriesInstanceUID
+        assert (obj.Rows, obj.Columns) == (src.Rows, src.Columns)
+        assert obj.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+    assert pm.SeriesInstanceUID != seg.SeriesInstanceUID
+    assert (int(pm.SeriesNumber), int(seg.SeriesNumber)) == (900, 901)
+
+    # SEG: binary, exactly heatmap >= threshold on the source grid
+    assert seg.SegmentationType == "BINARY"
+    np.testing.assert_array_equal(seg_to_volume(seg, sources), stored_heat >= THRESHOLD)
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentLabel == "suspected lesion"
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "4147007"
+    algo = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("PICARD", "1.2.3")
+
+    # PM: every source frame, in source order, RWVM back to scores
+    assert int(pm.NumberOfFrames) == stored_heat.shape[0]
+    order = [source_frame_index(it, sources) for it in pm.PerFrameFunctionalGroupsSequence]
+    assert order == list(range(stored_heat.shape[0]))
+    rwvm = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    slope, intercept = float(rwvm.RealWorldValueSlope), float(rwvm.RealWorldValueIntercept)
+    decoded = pm.pixel_array.reshape(stored_heat.shape) * slope + intercept
+    np.testing.assert_allclose(decoded, stored_heat, atol=slope / 2 + 1e-6)
+    assert pm.pixel_array.dtype == np.uint16
+    anatomy = pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
+    assert anatomy.FrameLaterality == volume.laterality
+
+
+@pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")
+@pytest.mark.parametrize("source", ["bto_source", "slice_source"])
+@pytest.mark.parametrize("empty", [False, True])
+def test_dciodvfy_clean(
+    source: str, empty: bool, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    volume = request.getfixturevalue(source)
+    heat = unflip(_heatmap(volume.pixels.shape), volume)
+    if empty:
+        heat = np.minimum(heat, THRESHOLD / 2)
+    for i, obj in enumerate(_encode(volume, heat)):
+        path = tmp_path / f"{i}.dcm"
+        obj.save_as(path)
+        errors, _ = run_dciodvfy(path)
+        assert errors == [], (obj.SOPClassUID, errors)
+
+
+def test_empty_segmentation_is_valid(bto_source) -> None:
+    heat = np.zeros(bto_source.pixels.shape, np.float32)
+    _, seg = (_roundtrip(d) for d in _encode(bto_source, heat))
+    mask = seg_to_volume(seg, bto_source.source_datasets)
+    assert not mask.any()
+    assert int(seg.NumberOfFrames) == heat.shape[0]
+
+
+def test_uids_deterministic(bto_source) -> None:
+    heat = _heatmap(bto_source.pixels.shape)
+    a = _encode(bto_source, heat, seed="s1")
+    b = _encode(bto_source, heat, seed="s1")
+    c = _encode(bto_source, heat, seed="s2")
+    for x, y, z in zip(a, b, c):
+        assert (x.SOPInstanceUID, x.SeriesInstanceUID) == (y.SOPInstanceUID, y.SeriesInstanceUID)
+        assert x.SOPInstanceUID != z.SOPInstanceUID
+        assert x.SeriesInstanceUID != z.SeriesInstanceUID
+        assert x.StudyInstanceUID == z.StudyInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda h: h[:-1], "does not match the source grid"),
+        (lambda h: np.where(h > 2, np.nan, h), "NaN or infinite"),
+    ],
+)
+def test_rejects_bad_heatmap(bto_source, mutate, match: str) -> None:
+    heat = mutate(_heatmap(bto_source.pixels.shape))
+    with pytest.raises(ValueError, match=match):
+        _encode(bto_source, heat)
