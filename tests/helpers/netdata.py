@@ -112,7 +112,8 @@ def write_mismatched(path: Path) -> Path:
     ds = _base(RT_PLAN, study_uid=None, series_uid=None, sop_uid=None)
     _save(ds, path, ExplicitVRLittleEndian)
     ds.file_meta.MediaStorageSOPClassUID = SC
-    ds.save_as(path, enforce_file_format=True)
+    ds.preamble = b"\x00" * 128
+    ds.save_as(path, enforce_file_format=False)  # keep the (wrong) meta as it is
     return Path(path)
 
 

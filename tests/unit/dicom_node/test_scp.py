@@ -1,0 +1,367 @@
+"""Storage SCP against real dcmtk tools (storescu, echoscu) on free loopback ports."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
+
+from dicom_node.config import Settings
+from dicom_node.scp import (
+    InvalidInstanceError,
+    StorageSCP,
+    StoreStatus,
+    decodable_transfer_syntaxes,
+    read_instance_header,
+)
+from dicom_node.scu import ExportError, echo, send_datasets
+from dicom_node.spool import SeriesRef, Spool
+from tests.helpers.netdata import (
+    BTO,
+    dataset_bytes,
+    write_mismatched,
+    write_multiframe,
+    write_rtplan,
+    write_slices,
+    write_truncated,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("storescu") is None,
+                                reason="dcmtk (storescu/echoscu) is not installed")
+
+QUIET = 0.5
+
+
+class Calls:
+    """Records callback invocations (thread-safe); optionally raises."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.items: list[tuple[float, SeriesRef]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, ref: SeriesRef) -> None:
+        with self._lock:
+            self.items.append((time.time(), ref))
+        if self.fail:
+            raise RuntimeError("broker unavailable")
+
+    @property
+    def refs(self) -> list[SeriesRef]:
+        with self._lock:
+            return [ref for _, ref in self.items]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def make_scp(tmp_path: Path) -> Iterator[Callable[..., tuple[StorageSCP, Calls]]]:
+    started: list[StorageSCP] = []
+
+    def factory(calls: Calls | None = None, *, redispatch_pending: bool = False,
+                **overrides: object) -> tuple[StorageSCP, Calls]:
+        values = dict(host="127.0.0.1", port=0, spool_dir=tmp_path / "spool",
+                      series_quiet_seconds=QUIET, min_free_bytes=0)
+        values.update(overrides)
+        calls = calls or Calls()
+        scp = StorageSCP(Settings(**values), calls, redispatch_pending=redispatch_pending)
+        scp.start()
+        started.append(scp)
+        return scp, calls
+
+    yield factory
+    for scp in started:
+        scp.stop()
+
+
+def storescu(port: int, *files: Path, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    cmd = ["storescu", "-R", "-aec", "PICARD", *args, "127.0.0.1", str(port), *map(str, files)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def spooled(scp: StorageSCP) -> list[Path]:
+    return sorted((scp.spool.root / "incoming").rglob("*.dcm"))
+
+
+def quarantined(scp: StorageSCP) -> list[Path]:
+    return sorted(scp.spool.quarantine_dir.glob("*.dcm"))
+
+
+# --------------------------------------------------------------------------- basics
+def test_port_zero_binds_a_free_port_and_echo_works(make_scp) -> None:
+    scp, _ = make_scp()
+    assert scp.port > 0
+    result = subprocess.run(["echoscu", "-aec", "PICARD", "127.0.0.1", str(scp.port)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    echo("PICARD", "127.0.0.1", scp.port)
+
+
+def test_stop_closes_the_port(tmp_path: Path, make_scp) -> None:
+    scp, _ = make_scp()
+    port = scp.port
+    scp.stop()
+    with pytest.raises(ExportError):
+        echo("PICARD", "127.0.0.1", port, timeout=3)
+
+
+def test_accepts_compressed_transfer_syntaxes_it_can_decode() -> None:
+    syntaxes = decodable_transfer_syntaxes()
+    for uid in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+                RLELossless, JPEG2000Lossless):
+        assert uid in syntaxes
+    assert syntaxes[0] == ExplicitVRLittleEndian  # preferred when a peer offers several
+
+
+# --------------------------------------------------------------------------- series completion
+def test_multiframe_instance_completes_at_once(tmp_path: Path, make_scp, caplog) -> None:
+    scp, calls = make_scp(series_quiet_seconds=30)  # only the multi-frame rule can fire
+    src = write_multiframe(tmp_path / "in" / "bto.dcm", sop_class=BTO, frames=6)
+    with caplog.at_level(logging.INFO, logger="dicom_node.scp"):
+        result = storescu(scp.port, src)
+        assert result.returncode == 0, result.stderr
+        assert wait_for(lambda: len(calls.refs) == 1, timeout=5)
+    ref = calls.refs[0]
+    source = pydicom.dcmread(src, stop_before_pixels=True)
+    assert (ref.study_uid, ref.series_uid) == (source.StudyInstanceUID, source.SeriesInstanceUID)
+    [received] = spooled(scp)
+    assert received.parent == Path(ref.directory)
+    assert received.name == f"{source.SOPInstanceUID}.dcm"
+    # the data set arrives byte for byte (explicit VR little endian in, nothing converted)
+    assert dataset_bytes(received) == dataset_bytes(src)
+    assert Spool(scp.spool.root).state(ref) == "complete"
+    time.sleep(0.3)
+    assert len(calls.refs) == 1
+    log = caplog.text
+    assert "association from STORESCU" in log and "1 stored, 0 failed" in log
+    assert "Test^Network" not in log and "NET0001" not in log  # no patient name / ID
+
+
+def test_instance_is_fsynced_before_success(tmp_path: Path, make_scp,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    scp, _ = make_scp(series_quiet_seconds=30)
+    src = write_multiframe(tmp_path / "in" / "bto.dcm")
+    result = storescu(scp.port, src)
+    assert result.returncode == 0, result.stderr
+    [received] = spooled(scp)
+    assert received.stat().st_ino in synced
+    assert received.parent.stat().st_ino in synced
+
+
+def test_per_slice_series_completes_once_after_quiet_period(tmp_path: Path, make_scp) -> None:
+    scp, calls = make_scp()
+    slices = write_slices(tmp_path / "in", count=4)
+    result = storescu(scp.port, *slices)
+    assert result.returncode == 0, result.stderr
+    assert wait_for(lambda: len(calls.refs) >= 1, timeout=10)
+    time.sleep(3 * QUIET)
+    assert len(calls.refs) == 1
+    called_at, ref = calls.items[0]
+    files = Spool(scp.spool.root).series_files(ref)
+    assert len(files) == 4
+    last_write = max(p.stat().st_mtime for p in files)
+    assert called_at - last_write >= QUIET - 0.05
+
+
+def test_late_instance_reopens_series_duplicate_does_not(tmp_path: Path, make_scp) -> None:
+    scp, calls = make_scp()
+    slices = write_slices(tmp_path / "in", count=3)
+    assert storescu(scp.port, *slices[:2]).returncode == 0
+    assert wait_for(lambda: len(calls.refs) == 1)
+    # the same instance again: idempotent, no new completion
+    assert storescu(scp.port, slices[0]).returncode == 0
+    time.sleep(3 * QUIET)
+    assert len(calls.refs) == 1
+    # a new instance of the same series: the series completes again, with 3 files
+    assert storescu(scp.port, slices[2]).returncode == 0
+    assert wait_for(lambda: len(calls.refs) == 2)
+    assert calls.refs[0] == calls.refs[1]
+    assert len(Spool(scp.spool.root).series_files(calls.refs[1])) == 3
+
+
+@pytest.mark.parametrize("ts, flag", [
+    (ImplicitVRLittleEndian, "-xi"),
+    (DeflatedExplicitVRLittleEndian, "-xd"),
+    (RLELossless, "-xr"),
+    (JPEG2000Lossless, "-xv"),
+])
+def test_transfer_syntaxes(tmp_path: Path, make_scp, ts: str, flag: str) -> None:
+    scp, calls = make_scp(series_quiet_seconds=30)
+    src = write_multiframe(tmp_path / "in" / "mf.dcm", transfer_syntax=ts, rows=32, cols=32)
+    result = storescu(scp.port, src, args=(flag,))
+    assert result.returncode == 0, result.stderr
+    [received] = spooled(scp)
+    got = pydicom.dcmread(received)
+    assert got.file_meta.TransferSyntaxUID == ts
+    assert (got.pixel_array == pydicom.dcmread(src).pixel_array).all()
+    assert wait_for(lambda: len(calls.refs) == 1, timeout=5)
+
+
+# --------------------------------------------------------------------------- refusals
+def test_unsupported_sop_class_is_refused_and_logged(tmp_path: Path, make_scp, caplog) -> None:
+    scp, calls = make_scp()
+    with caplog.at_level(logging.WARNING, logger="dicom_node.scp"):
+        result = storescu(scp.port, write_rtplan(tmp_path / "rt.dcm"))
+    assert result.returncode != 0
+    assert "refused presentation context for RT Plan Storage" in caplog.text
+    assert spooled(scp) == []
+
+
+def test_dataset_not_matching_sop_class_gets_a900(tmp_path: Path, make_scp, caplog) -> None:
+    scp, calls = make_scp()
+    bad = write_mismatched(tmp_path / "mismatch.dcm")
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(ExportError) as info:
+            send_datasets([bad], ae_title="PICARD", host="127.0.0.1", port=scp.port,
+                          calling_ae_title="TESTSCU")
+    assert info.value.status == StoreStatus.DATASET_MISMATCH
+    assert "differs from the request" in caplog.text
+    [kept] = quarantined(scp)
+    assert "SOP class" in kept.with_name(kept.name + ".reason.txt").read_text()
+    assert spooled(scp) == []
+
+
+def test_truncated_instance_is_quarantined_and_scp_keeps_serving(tmp_path: Path, make_scp,
+                                                                  caplog) -> None:
+    scp, calls = make_scp(series_quiet_seconds=30)
+    bad = write_truncated(tmp_path / "truncated.dcm")
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(ExportError) as info:
+            send_datasets([bad], ae_title="PICARD", host="127.0.0.1", port=scp.port,
+                          calling_ae_title="TESTSCU")
+    assert 0xC000 <= info.value.status <= 0xCFFF
+    assert "truncated" in caplog.text
+    [kept] = quarantined(scp)
+    assert kept.read_bytes().endswith(dataset_bytes(bad))
+    assert spooled(scp) == [] and calls.refs == []
+    # the next good instance is stored normally
+    good = write_multiframe(tmp_path / "good.dcm")
+    assert storescu(scp.port, good).returncode == 0
+    assert len(spooled(scp)) == 1
+    assert wait_for(lambda: len(calls.refs) == 1, timeout=5)
+
+
+def test_calling_ae_title_allow_list(tmp_path: Path, make_scp) -> None:
+    scp, _ = make_scp(allowed_calling_aets=["MODALITY1"], series_quiet_seconds=30)
+    src = write_multiframe(tmp_path / "in" / "mf.dcm")
+    assert storescu(scp.port, src, args=("-aet", "INTRUDER")).returncode != 0
+    assert spooled(scp) == []
+    assert storescu(scp.port, src, args=("-aet", "MODALITY1")).returncode == 0
+    assert len(spooled(scp)) == 1
+
+
+def test_low_disk_space_answers_out_of_resources(tmp_path: Path, make_scp) -> None:
+    scp, _ = make_scp(min_free_bytes=10**18)
+    src = write_multiframe(tmp_path / "in" / "mf.dcm")
+    with pytest.raises(ExportError) as info:
+        send_datasets([src], ae_title="PICARD", host="127.0.0.1", port=scp.port,
+                      calling_ae_title="TESTSCU")
+    assert info.value.status == StoreStatus.OUT_OF_RESOURCES
+    assert spooled(scp) == []
+
+
+# --------------------------------------------------------------------------- callback failures, restart
+def test_callback_failure_is_logged_and_series_stays_pending(tmp_path: Path, make_scp,
+                                                             caplog) -> None:
+    failing = Calls(fail=True)
+    scp, _ = make_scp(failing, series_quiet_seconds=30)
+    src = write_multiframe(tmp_path / "in" / "mf.dcm")
+    with caplog.at_level(logging.ERROR, logger="dicom_node.scp"):
+        assert storescu(scp.port, src).returncode == 0
+        assert wait_for(lambda: len(failing.refs) == 1, timeout=5)
+        assert wait_for(lambda: "series callback failed" in caplog.text, timeout=5)
+    assert Spool(scp.spool.root).pending_series() == failing.refs
+    echo("PICARD", "127.0.0.1", scp.port)  # still serving
+    scp.stop()
+    # a restarted node dispatches what was left pending
+    _, calls = make_scp(redispatch_pending=True, series_quiet_seconds=30)
+    assert wait_for(lambda: calls.refs == failing.refs[:1], timeout=5)
+
+
+def test_restart_resumes_a_series_that_was_still_open(tmp_path: Path, make_scp) -> None:
+    scp, first_calls = make_scp(series_quiet_seconds=30)
+    assert storescu(scp.port, *write_slices(tmp_path / "in", count=2)).returncode == 0
+    scp.stop()  # "crash" during the quiet period
+    assert first_calls.refs == []
+    _, calls = make_scp(series_quiet_seconds=QUIET)
+    assert wait_for(lambda: len(calls.refs) == 1, timeout=5)
+    assert len(Spool(tmp_path / "spool").series_files(calls.refs[0])) == 2
+
+
+# --------------------------------------------------------------------------- header checks
+def test_read_instance_header_accepts_good_files(tmp_path: Path) -> None:
+    for ts in (ExplicitVRLittleEndian, JPEG2000Lossless, DeflatedExplicitVRLittleEndian):
+        path = write_multiframe(tmp_path / f"{ts}.dcm", transfer_syntax=ts, frames=3)
+        header = read_instance_header(path)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert header.sop_instance_uid == ds.SOPInstanceUID
+        assert header.series_uid == ds.SeriesInstanceUID
+        assert header.number_of_frames == 3
+        assert header.transfer_syntax == ts
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                                JPEG2000Lossless])
+@pytest.mark.parametrize("cut", [0.5, 0.95])
+def test_read_instance_header_detects_truncation(tmp_path: Path, ts: str, cut: float) -> None:
+    path = write_multiframe(tmp_path / "mf.dcm", transfer_syntax=ts, rows=64, cols=64)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(InvalidInstanceError) as info:
+        read_instance_header(path)
+    assert info.value.status == StoreStatus.CANNOT_UNDERSTAND
+
+
+def test_read_instance_header_detects_trailing_bytes(tmp_path: Path) -> None:
+    path = write_multiframe(tmp_path / "mf.dcm")
+    path.write_bytes(path.read_bytes() + b"\x00\x01\x02")
+    with pytest.raises(InvalidInstanceError, match="trailing bytes"):
+        read_instance_header(path)
+
+
+def test_read_instance_header_refuses_missing_identifiers(tmp_path: Path) -> None:
+    path = write_multiframe(tmp_path / "mf.dcm")
+    ds = pydicom.dcmread(path)
+    del ds.SeriesInstanceUID
+    ds.save_as(path)
+    with pytest.raises(InvalidInstanceError, match="SeriesInstanceUID") as info:
+        read_instance_header(path)
+    assert info.value.status == StoreStatus.DATASET_MISMATCH
+
+
+def test_read_instance_header_refuses_non_dicom(tmp_path: Path) -> None:
+    path = tmp_path / "x.dcm"
+    path.write_bytes(b"not dicom at all" * 20)
+    with pytest.raises(InvalidInstanceError) as info:
+        read_instance_header(path)
+    assert info.value.status == StoreStatus.CANNOT_UNDERSTAND
