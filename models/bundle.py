@@ -216,13 +216,13 @@ def import_official(gen_path: str | Path, dis_path: str | Path, out_dir: str | P
 def make_initial_bundle(out_dir: str | Path | None = None, *, seed: int = 0) -> Path:
     """Write a small, untrained bundle so the pipeline runs end to end.
 
-    ngf = ndf = 8, window 64, hole 32, stride 16, 0.4 mm pixels, M 4, random weights
-    from ``seed``. The threshold is the 99.5th percentile of its heatmap on a synthetic
+    ngf = ndf = 8, window 64, hole 32, stride 16, 0.4 mm pixels, M 4, He-normal random
+    weights from ``seed``. The threshold is the 99.5th percentile of its heatmap on a synthetic
     tissue-like image (:func:`_tissue_image`).
     """
     import numpy as np
 
-    from models.networks import CompletionNetwork, Critic
+    from models.networks import CompletionNetwork, Critic, he_normal_
     from models.picard import Picard
 
     out = Path(out_dir) if out_dir is not None else default_bundle_path()
@@ -238,7 +238,8 @@ def make_initial_bundle(out_dir: str | Path | None = None, *, seed: int = 0) -> 
     image = _tissue_image(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Picard(CompletionNetwork(ngf=8), Critic(8, 32), Critic(8, 64), card=card)
+        nets = [he_normal_(n) for n in (CompletionNetwork(ngf=8), Critic(8, 32), Critic(8, 64))]
+        model = Picard(*nets, card=card)
         heat = model.heatmap(image)
     tissue = image > card["tissue_level"]
     model.card["threshold"] = float(np.percentile(heat[tissue], 99.5))

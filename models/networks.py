@@ -46,6 +46,7 @@ __all__ = [
     "ConvBlock",
     "Critic",
     "count_parameters",
+    "he_normal_",
 ]
 
 #: Layers of the coarse network whose dropout is on at inference in the official
@@ -491,3 +492,20 @@ class Critic(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (trainable or frozen)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def he_normal_(module: nn.Module, *, bias_std: float = 0.1,
+               generator: torch.Generator | None = None) -> nn.Module:
+    """Re-draw all weights He-normal (std sqrt(2 / fan_in)) and biases N(0, ``bias_std``).
+
+    PyTorch's default initialisation shrinks activations through the 17 layers of each
+    stage, so an untrained network barely reacts to its input or to dropout; this keeps
+    their scale (used for untrained bundles and tests). Returns ``module``.
+    """
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, bias_std, generator=generator)
+            else:
+                p.normal_(0.0, (2.0 / p[0].numel()) ** 0.5, generator=generator)
+    return module

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from models.networks import (OFFICIAL_COARSE_DROPOUT_LAYERS, CompletionNetwork,
-                             ContextualAttention, ConvBlock, Critic, count_parameters)
+                             ContextualAttention, ConvBlock, Critic, count_parameters,
+                             he_normal_)
 
 LAYOUT_NAME = "picard_official_state_dict_layout.json"
 OFFICIAL_REPO = Path("/work/.mirror/mazurowski-lab+picard/repo")
@@ -94,12 +95,12 @@ def test_dropout_blocks_follow_official_placement():
 
 def test_dropout_off_is_deterministic_and_on_is_not():
     torch.manual_seed(0)
-    gen = CompletionNetwork(ngf=4).eval()
+    gen = he_normal_(CompletionNetwork(ngf=4)).eval()
     x, mask = _masked(2, 32, 16)
     gen.set_dropout(None)
     assert torch.equal(gen(x, mask)[1], gen(x, mask)[1])
     gen.set_dropout(OFFICIAL_COARSE_DROPOUT_LAYERS, 0.5)
-    assert not torch.equal(gen(x, mask)[1], gen(x, mask)[1])
+    assert (gen(x, mask)[1] - gen(x, mask)[1]).abs().max() > 0.05
 
 
 def test_only_configured_layers_drop():
