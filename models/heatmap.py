@@ -158,7 +158,7 @@ def upsample_scores(grid: np.ndarray, shape: tuple[int, int], *, window: int,
         u = (torch.arange(n_out, dtype=torch.float64) - centre) / stride  # grid index units
         if n_grid == 1:
             return torch.zeros(n_out, dtype=torch.float64)
-        return 2.0 * u / (n_grid - 1) - 1.0
+        return (2.0 * u / (n_grid - 1) - 1.0).clamp(-1.0, 1.0)
 
     gy, gx = axis(h, gh), axis(w, gw)
     sample = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # (H, W, 2) = (x, y)
