@@ -151,3 +151,56 @@ def test_rejects_bad_heatmap(bto_source, mutate, match: str) -> None:
     heat = mutate(_heatmap(bto_source.pixels.shape))
     with pytest.raises(ValueError, match=match):
         _encode(bto_source, heat)
+
+
+def test_findings_components() -> None:
+    heat = np.zeros((4, 20, 20), np.float32)
+    heat[1:3, 2:5, 3:7] = 2.0
+    heat[2, 3, 4] = 2.2  # peak of the first component on frame 2
+    heat[3, 15:17, 15:18] = 3.0
+    from dicom_node.encode import findings
+
+    found = findings(heat, THRESHOLD)
+    assert [f["max_score"] for f in found] == pytest.approx([3.0, 2.2])
+    assert found[0]["frame"] == 3 and found[0]["box"] == (15, 15, 16, 17)
+    assert found[1]["frame"] == 2 and found[1]["box"] == (2, 3, 4, 6)
+    assert found[1]["frames"] == (1, 2) and found[1]["voxels"] == 24
+    assert findings(heat, THRESHOLD, max_findings=1) == found[:1]
+    assert findings(heat, 5.0) == []
+
+
+@pytest.mark.parametrize("source", ["bto_source", "slice_source"])
+def test_sr_findings(source: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    import highdicom as hd
+
+    volume = request.getfixturevalue(source)
+    heat = _heatmap(volume.pixels.shape)
+    heat[2, 20, 10] = 2.6  # peaks at the blob centres
+    heat[5, 40, 30] = 1.9
+    heat = unflip(heat, volume)
+    objs = _encode(volume, heat, include_sr=True)
+    assert len(objs) == 3
+    path = tmp_path / "sr.dcm"
+    objs[2].save_as(path)
+    sr = hd.sr.srread(path)
+    assert sr.StudyInstanceUID == volume.study_uid
+    assert int(sr.SeriesNumber) == 902
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 2  # the two blobs above the threshold
+    frames = sorted(
+        source_frame_index_for_region(g.roi, volume.source_datasets) for g in groups
+    )
+    assert frames == [2, 5]
+    values = sorted(g.get_measurements()[0].value for g in groups)
+    assert values == pytest.approx([1.9, 2.6])
+    if dciodvfy_available():
+        assert run_dciodvfy(path)[0] == []
+    empty = _encode(volume, np.zeros_like(heat), include_sr=True)
+    assert len(empty) == 2
+
+
+def source_frame_index_for_region(roi: Dataset, sources: list[Dataset]) -> int:
+    ref = roi.ContentSequence[0].ReferencedSOPSequence[0]
+    if len(sources) == 1:
+        return int(ref.ReferencedFrameNumber) - 1
+    return [str(s.SOPInstanceUID) for s in sources].index(str(ref.ReferencedSOPInstanceUID))
