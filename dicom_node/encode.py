@@ -35,6 +35,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 
+from dicom_node.volume import VolumeError, slice_order
+
 logger = logging.getLogger(__name__)
 
 #: Largest stored value of the Parametric Map (and size - 1 of its palette).
@@ -226,6 +228,7 @@ def encode_parametric_map(
     highdicom.pm.ParametricMap
         Real world value = stored value x slope + intercept (MCD units).
     """
+    source_datasets = frame_ordered(source_datasets)
     heat = _check_heatmap(source_datasets, heatmap)
     laterality = laterality or source_laterality(source_datasets)
     stored, slope, intercept = _scale(heat)
@@ -304,6 +307,7 @@ def encode_segmentation(
         Frames holding no marked pixel are left out, unless no pixel is marked at all (then
         every frame is kept, empty, so the object stays valid).
     """
+    source_datasets = frame_ordered(source_datasets)
     heat = _check_heatmap(source_datasets, heatmap)
     mask = heat >= float(threshold)
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -440,6 +444,7 @@ def encode_sr(
         ``None`` when no score reaches ``threshold`` (TID 1500 needs at least one
         measurement group; the empty Segmentation already says "nothing found").
     """
+    source_datasets = frame_ordered(source_datasets)
     heat = _check_heatmap(source_datasets, heatmap)
     device = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
@@ -536,8 +541,9 @@ def encode_results(
     Parameters
     ----------
     source_datasets : list of pydicom.Dataset
-        Source headers in frame order (one multi-frame object, or one single-frame instance
-        per frame), pixel data not needed.
+        Source headers (one multi-frame object, or the single-frame instances in any order:
+        they are put in :func:`~dicom_node.volume.load_series` frame order), pixel data not
+        needed.
     heatmap : numpy.ndarray
         (frames, rows, cols) float32 MCD scores on the SOURCE grid, stored orientation,
         source frame order.
@@ -592,6 +598,22 @@ def encode_results(
         if sr is not None:
             out.append(sr)
     return out
+
+
+def frame_ordered(source_datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Source headers in heatmap frame order (the order :func:`load_series` gives).
+
+    A multi-frame source is returned as is; single-frame instances are sorted along the slice
+    normal (else by InstanceNumber), so callers may pass them in any order.
+    """
+    datasets = list(source_datasets)
+    if len(datasets) <= 1:
+        return datasets
+    try:
+        order, _ = slice_order(datasets)
+    except VolumeError as exc:
+        raise ValueError(f"cannot order the source instances: {exc}") from exc
+    return [datasets[i] for i in order]
 
 
 def _check_heatmap(source_datasets: Sequence[Dataset], heatmap: np.ndarray) -> np.ndarray:

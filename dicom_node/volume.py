@@ -413,25 +413,7 @@ def _load_single_frames(
         raise VolumeError(f"inconsistent geometry: PixelSpacing differs {sorted(spacings)}")
     spacing = spacings.pop()
     assert spacing is not None
-    order = list(range(frames))
-    thickness: float | None = None
-    has_geometry = all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for ds in datasets)
-    if has_geometry:
-        orients = {tuple(round(float(x), 4) for x in ds.ImageOrientationPatient) for ds in datasets}
-        if len(orients) > 1:
-            raise VolumeError("inconsistent geometry: ImageOrientationPatient differs between instances")
-        normal = _orientation_normal(next(iter(orients)), "the instances")
-        positions = np.asarray([[float(x) for x in ds.ImagePositionPatient] for ds in datasets])
-        dist = positions @ normal
-        order = sorted(order, key=lambda i: dist[i])
-        thickness = _slice_steps(positions[order], normal, "slice")
-    else:
-        numbers = [getattr(ds, "InstanceNumber", None) for ds in datasets]
-        if any(n is None or n == "" for n in numbers):
-            raise VolumeError("instances have neither ImagePositionPatient nor InstanceNumber")
-        if len(set(int(n) for n in numbers)) != len(numbers):
-            raise VolumeError("inconsistent geometry: duplicate InstanceNumber values")
-        order = sorted(order, key=lambda i: int(numbers[i]))
+    order, thickness = slice_order(datasets)
     if thickness is None:
         thickness = _float_or_none(datasets[0].get("SliceThickness"))
     pixels = np.empty((frames, rows, cols), dtype=np.float32)
@@ -446,6 +428,56 @@ def _load_single_frames(
     header_lat = lats.pop() if lats else None
     return _orient(pixels, header_lat, spacing, sorted_ds, thickness), order
 
+
+
+def slice_order(datasets: Sequence[Dataset]) -> tuple[list[int], float | None]:
+    """Frame order of a per-slice series, as :func:`load_series` uses it.
+
+    Sorted by position along the slice normal (ascending) when every instance has
+    ImagePositionPatient and ImageOrientationPatient, else by InstanceNumber.
+
+    Parameters
+    ----------
+    datasets : sequence of pydicom.Dataset
+        Single-frame instances of one series (headers are enough).
+
+    Returns
+    -------
+    order : list of int
+        Indices into ``datasets``, first frame first.
+    slice_thickness_mm : float or None
+        Median distance between neighbouring slices along the normal, if known.
+
+    Raises
+    ------
+    VolumeError
+        Differing orientations, duplicate positions or instance numbers, or neither
+        positions nor instance numbers.
+    """
+    order = list(range(len(datasets)))
+    has_geometry = all(
+        "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for ds in datasets
+    )
+    if has_geometry:
+        orients = {
+            tuple(round(float(x), 4) for x in ds.ImageOrientationPatient) for ds in datasets
+        }
+        if len(orients) > 1:
+            raise VolumeError(
+                "inconsistent geometry: ImageOrientationPatient differs between instances"
+            )
+        normal = _orientation_normal(next(iter(orients)), "the instances")
+        positions = np.asarray([[float(x) for x in ds.ImagePositionPatient] for ds in datasets])
+        dist = positions @ normal
+        order.sort(key=lambda i: dist[i])
+        return order, _slice_steps(positions[order], normal, "slice")
+    numbers = [getattr(ds, "InstanceNumber", None) for ds in datasets]
+    if any(n is None or n == "" for n in numbers):
+        raise VolumeError("instances have neither ImagePositionPatient nor InstanceNumber")
+    if len({int(n) for n in numbers}) != len(numbers):  # type: ignore[arg-type]
+        raise VolumeError("inconsistent geometry: duplicate InstanceNumber values")
+    order.sort(key=lambda i: int(numbers[i]))  # type: ignore[arg-type]
+    return order, None
 
 def _float_or_none(value: object) -> float | None:
     try:

@@ -204,3 +204,18 @@ def source_frame_index_for_region(roi: Dataset, sources: list[Dataset]) -> int:
     if len(sources) == 1:
         return int(ref.ReferencedFrameNumber) - 1
     return [str(s.SOPInstanceUID) for s in sources].index(str(ref.ReferencedSOPInstanceUID))
+
+
+def test_per_slice_sources_in_any_order(slice_source) -> None:
+    heat = unflip(_heatmap(slice_source.pixels.shape), slice_source)
+    sources = slice_source.source_datasets
+    shuffled = [sources[i] for i in (4, 1, 5, 0, 3, 2)]
+    pm, seg = (
+        _roundtrip(d)
+        for d in encode_results(
+            shuffled, heat, threshold=THRESHOLD, model_version="1", output_uid_seed="x"
+        )
+    )
+    np.testing.assert_array_equal(seg_to_volume(seg, sources), heat >= THRESHOLD)
+    order = [source_frame_index(it, sources) for it in pm.PerFrameFunctionalGroupsSequence]
+    assert order == list(range(len(sources)))
