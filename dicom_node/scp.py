@@ -27,10 +27,12 @@ to record the job with :meth:`~dicom_node.spool.Spool.mark_dispatched`.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -47,12 +49,20 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+import pynetdicom.dimse_messages as _dimse_messages
 from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification
 
 from dicom_node.config import Settings
-from dicom_node.spool import SeriesRef, Spool, SpoolError, StoredInstance, check_uid
+from dicom_node.spool import (
+    SeriesRef,
+    Spool,
+    SpoolError,
+    StoredInstance,
+    check_uid,
+    start_writeback,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +270,76 @@ def _encapsulated_end(fp: Any, tell: int, size: int, little_endian: bool) -> int
                                        StoreStatus.CANNOT_UNDERSTAND)
 
 
+#: Bytes received between two writeback requests for a chunked data set.
+WRITEBACK_BYTES = 8 * 1024 * 1024
+
+
+class _SpoolChunkFile:
+    """Where pynetdicom streams one chunked C-STORE data set: in the spool's ``tmp/``.
+
+    Stands in for the ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``
+    pynetdicom opens (it uses ``write``, ``file.flush``, ``close`` and ``name``). Living on
+    the spool's file system, the file is later renamed into place, never copied; every
+    :data:`WRITEBACK_BYTES` the kernel is asked to start writing it to disk, so the fsync
+    before the response waits only for the last few megabytes.
+    """
+
+    def __init__(self, directory: Path, suffix: str = ".dcm") -> None:
+        fd, self.name = tempfile.mkstemp(suffix=suffix, prefix="rx-", dir=directory)
+        self._fh = os.fdopen(fd, "wb")
+        self._requested = 0
+
+    @property
+    def file(self) -> "_SpoolChunkFile":
+        return self
+
+    def write(self, data: bytes) -> int:
+        return self._fh.write(data)
+
+    def flush(self) -> None:
+        self._fh.flush()
+        written = self._fh.tell()
+        if written - self._requested >= WRITEBACK_BYTES:
+            start_writeback(self._fh.fileno(), self._requested, written - self._requested)
+            self._requested = written
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+#: Spool ``tmp/`` folder of each running SCP's AE (chunk files of its associations go there).
+_CHUNK_DIRS: "weakref.WeakKeyDictionary[AE, Path]" = weakref.WeakKeyDictionary()
+_PYNETDICOM_TEMPFILE = getattr(_dimse_messages, "NamedTemporaryFile", None)
+
+
+def _chunk_file(*args: Any, **kwargs: Any) -> Any:
+    """pynetdicom's temporary-file factory, redirected for associations of our SCPs."""
+    dul = threading.current_thread()  # pynetdicom decodes P-DATA in the DUL thread
+    ae = getattr(getattr(dul, "assoc", None), "ae", None)
+    directory = _CHUNK_DIRS.get(ae) if ae is not None else None
+    if directory is None or args or kwargs.get("mode", "wb") != "wb":
+        return _PYNETDICOM_TEMPFILE(*args, **kwargs)  # type: ignore[misc]
+    return _SpoolChunkFile(directory, kwargs.get("suffix", ".dcm"))
+
+
+def _install_chunk_file_factory() -> bool:
+    """Route pynetdicom's chunked-receive files through :func:`_chunk_file` (idempotent).
+
+    If this pynetdicom no longer creates them with ``NamedTemporaryFile`` the files stay in
+    the system temporary folder and are copied into the spool when that is another file
+    system: slower, equally durable.
+    """
+    if _PYNETDICOM_TEMPFILE is None:
+        logger.warning("pynetdicom has no dimse_messages.NamedTemporaryFile; received data "
+                       "sets stay in %s until moved", tempfile.gettempdir())
+        return False
+    _dimse_messages.NamedTemporaryFile = _chunk_file  # type: ignore[attr-defined]
+    return True
+
+
 def _failure(status: StoreStatus, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = int(status)
@@ -352,6 +432,10 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._handle_aborted),
             (evt.EVT_CONN_CLOSE, self._handle_conn_close),
         ]
+        for stale in self.spool.tmp_dir.glob("rx-*.dcm"):  # left by a crash mid-transfer
+            stale.unlink(missing_ok=True)
+        if _install_chunk_file_factory():
+            _CHUNK_DIRS[ae] = self.spool.tmp_dir
         self._server = ae.start_server((self.settings.host, self.settings.port), block=False,
                                        evt_handlers=handlers)
         self._ae = ae

@@ -159,13 +159,16 @@ def test_multiframe_instance_completes_at_once(tmp_path: Path, make_scp, caplog)
     assert "Test^Network" not in log and "NET0001" not in log  # no patient name / ID
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 def test_instance_is_fsynced_before_success(tmp_path: Path, make_scp,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
+    synced_paths: list[str] = []
     real = os.fsync
 
     def recording_fsync(fd: int) -> None:
         synced.append(os.fstat(fd).st_ino)
+        synced_paths.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
@@ -176,6 +179,10 @@ def test_instance_is_fsynced_before_success(tmp_path: Path, make_scp,
     [received] = spooled(scp)
     assert received.stat().st_ino in synced
     assert received.parent.stat().st_ino in synced
+    # the data set streamed into the spool's own tmp/ folder (renamed into place, not copied)
+    assert any(Path(p).parent == scp.spool.tmp_dir and Path(p).name.startswith("rx-")
+               for p in synced_paths)
+    assert list(scp.spool.tmp_dir.iterdir()) == []
 
 
 def test_per_slice_series_completes_once_after_quiet_period(tmp_path: Path, make_scp) -> None:
@@ -288,6 +295,7 @@ def test_low_disk_space_answers_out_of_resources(tmp_path: Path, make_scp) -> No
                       calling_ae_title="TESTSCU")
     assert info.value.status == StoreStatus.OUT_OF_RESOURCES
     assert spooled(scp) == []
+    assert list(scp.spool.tmp_dir.iterdir()) == []  # the received data set was removed
 
 
 # --------------------------------------------------------------------------- callback failures, restart
