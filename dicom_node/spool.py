@@ -373,7 +373,12 @@ class Spool:
             self._write_marker(ref, "received")
 
     def mark_complete(self, ref: SeriesRef, *, reason: str) -> None:
-        """Record that the series is complete, e.g. ``reason="quiet period"``."""
+        """Record that the series is complete, e.g. ``reason="quiet period"``.
+
+        Clears ``dispatched`` and ``done`` from an earlier round: the series needs a new job.
+        """
+        for name in ("done", "dispatched"):
+            _unlink_quietly(self._marker(ref, name))
         self._write_marker(ref, "complete", reason=reason)
 
     def mark_dispatched(self, ref: SeriesRef, job_id: str | None) -> None:

@@ -156,3 +156,13 @@ def test_quarantine_keeps_reason_and_logs(spool: Spool, tmp_path: Path,
     assert "truncated pixel data" in caplog.text
     from_bytes = spool.quarantine(b"raw", name="x", reason="r")
     assert from_bytes.read_bytes() == b"raw"
+
+
+def test_completing_again_needs_a_new_dispatch(spool: Spool) -> None:
+    ref = spool.series_ref(STUDY, SERIES)
+    spool.store_bytes(b"x", study_uid=STUDY, series_uid=SERIES, sop_instance_uid="1.1")
+    spool.mark_complete(ref, reason="quiet period")
+    spool.mark_dispatched(ref, "job-1")
+    spool.mark_complete(ref, reason="late instance")
+    assert spool.state(ref) == "complete"
+    assert spool.pending_series() == [ref]
