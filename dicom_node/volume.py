@@ -317,7 +317,7 @@ def _spacing(value: object, where: str) -> tuple[float, float]:
 
 
 def _top_level_spacing(ds: Dataset, where: str) -> tuple[float, float] | None:
-    for attr in ("PixelSpacing", "ImagerPixelSpacing"):
+    for attr in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
         if attr in ds and ds[attr].value:
             return _spacing(ds[attr].value, where)
     return None

@@ -210,3 +210,22 @@ def test_not_greyscale(tmp_path: Path) -> None:
 
 def test_volume_error_is_value_error() -> None:
     assert issubclass(VolumeError, ValueError)
+
+
+def test_multiframe_without_functional_groups(tmp_path: Path) -> None:
+    vol = breast_volume(frames=3)
+    (path,) = _write(tmp_path, vol)
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    del ds.SharedFunctionalGroupsSequence
+    del ds.PerFrameFunctionalGroupsSequence
+    ds.ImageLaterality = "L"
+    ds.save_as(path)
+    with pytest.raises(VolumeError, match="no pixel spacing"):
+        load_series([path])
+    ds.NominalScannedPixelSpacing = [0.2, 0.2]
+    ds.save_as(path)
+    loaded = load_series([path])
+    assert loaded.pixel_spacing_mm == (0.2, 0.2) and loaded.laterality == "L"
+    np.testing.assert_allclose(loaded.pixels, vol, atol=QUANT)
