@@ -182,7 +182,9 @@ def _check_same_series(datasets: list[Dataset]) -> None:
         if "" in values:
             raise VolumeError(f"an instance lacks {attr}")
         if len(values) > 1:
-            raise VolumeError(f"mixed series: {len(values)} different {attr} values {sorted(values)}")
+            raise VolumeError(
+                f"mixed series: {len(values)} different {attr} values {sorted(values)}"
+            )
     sops = [str(getattr(ds, "SOPInstanceUID", "")) for ds in datasets]
     if len(set(sops)) != len(sops):
         raise VolumeError("the same SOP Instance UID appears more than once")
@@ -294,7 +296,9 @@ def _slice_steps(positions: np.ndarray, normal: np.ndarray, what: str) -> float 
         raise VolumeError(f"inconsistent geometry: duplicate {what} positions along the normal")
     steps = np.diff(dist)
     if not (np.all(steps > 0) or np.all(steps < 0)):
-        logger.warning("%s positions are not monotonic along the normal; keeping source order", what)
+        logger.warning(
+            "%s positions are not monotonic along the normal; keeping source order", what
+        )
     return round(float(np.median(np.abs(steps))), 4)
 
 
@@ -355,7 +359,9 @@ def _load_multiframe(
                 raise VolumeError(f"missing Pixel Measures functional group for frame {i + 1}")
             spacings.add(_spacing(pm.PixelSpacing, f"frame {i + 1}"))
         if len(spacings) > 1:
-            raise VolumeError(f"inconsistent geometry: PixelSpacing varies by frame {sorted(spacings)}")
+            raise VolumeError(
+                f"inconsistent geometry: PixelSpacing varies by frame {sorted(spacings)}"
+            )
         spacing = spacings.pop()
         orients = []
         positions = []
@@ -405,7 +411,9 @@ def _load_single_frames(
     frames = len(datasets)
     _check_dimensions(frames, rows, cols, max_shape, max_bytes)
     if len(bits) > 1:
-        raise VolumeError(f"instances differ in BitsStored/PhotometricInterpretation {sorted(bits)}")
+        raise VolumeError(
+            f"instances differ in BitsStored/PhotometricInterpretation {sorted(bits)}"
+        )
     spacings = {_top_level_spacing(ds, f"instance {ds.SOPInstanceUID}") for ds in datasets}
     if None in spacings:
         raise VolumeError("an instance has neither PixelSpacing nor ImagerPixelSpacing")
@@ -424,7 +432,7 @@ def _load_single_frames(
         del ds.PixelData
     lats = {_header_laterality_single(ds) for ds in sorted_ds} - {None}
     if len(lats) > 1:
-        raise VolumeError(f"instances disagree on laterality {sorted(lats)}")  # type: ignore[type-var]
+        raise VolumeError(f"instances disagree on laterality {sorted(lats)}")
     header_lat = lats.pop() if lats else None
     return _orient(pixels, header_lat, spacing, sorted_ds, thickness), order
 

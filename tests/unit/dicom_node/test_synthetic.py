@@ -43,7 +43,10 @@ def test_bto_header_and_pixels(tmp_path: Path) -> None:
     assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [0.1, 0.1]
     assert ds.ViewCodeSequence[0].CodeValue == "399162004"
     positions = np.array(
-        [f.PlanePositionSequence[0].ImagePositionPatient for f in ds.PerFrameFunctionalGroupsSequence],
+        [
+            f.PlanePositionSequence[0].ImagePositionPatient
+            for f in ds.PerFrameFunctionalGroupsSequence
+        ],
         dtype=float,
     )
     iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
