@@ -136,7 +136,7 @@ def analyze(series_dir: Path, results_root: Path, *, bundle: Path | None = None,
         "result_id": result_dir.name,
         "study_uid": volume.study_uid,
         "series_uid": volume.series_uid,
-        "sources": [str(p) for p in paths],
+        "sources": [str(p) for p in volume.source_paths],  # frame order
         "laterality": volume.laterality,
         "shape": list(heatmap.shape),
         "model_version": version,
@@ -167,7 +167,8 @@ def encode(result_dir: Path) -> list[Path]:
     heatmap = np.load(result_dir / HEATMAP_FILE)
     datasets = encode_results(sources, heatmap, threshold=summary["threshold"],
                               model_version=summary["model_version"],
-                              output_uid_seed=summary["result_id"])
+                              output_uid_seed=summary["result_id"],
+                              laterality=summary["laterality"], include_sr=True)
     objects_dir.mkdir(exist_ok=True)
     paths = []
     for ds in datasets:
