@@ -310,6 +310,10 @@ class _SpoolChunkFile:
         return getattr(self._fh, name)
 
 
+_RUNNING: set[int] = set()
+_RUNNING_SAVED: dict[str, bool] = {}
+_RUNNING_LOCK = threading.Lock()
+
 #: Spool ``tmp/`` folder of each running SCP's AE (chunk files of its associations go there).
 _CHUNK_DIRS: "weakref.WeakKeyDictionary[AE, Path]" = weakref.WeakKeyDictionary()
 _PYNETDICOM_TEMPFILE = getattr(_dimse_messages, "NamedTemporaryFile", None)
@@ -414,7 +418,12 @@ class StorageSCP:
         if self._server is not None:
             raise RuntimeError("StorageSCP is already started")
         # Stream data sets to a temporary file instead of memory (large tomosynthesis objects).
-        _config.STORE_RECV_CHUNKED_DATASET = True
+        # The flag is process-wide; the previous value comes back when the last SCP stops.
+        with _RUNNING_LOCK:
+            if not _RUNNING:
+                _RUNNING_SAVED["chunked"] = _config.STORE_RECV_CHUNKED_DATASET
+            _RUNNING.add(id(self))
+            _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = 0  # unlimited: peers may send large PDUs
         allowed = list(getattr(self.settings, "allowed_calling_aets", []) or [])
@@ -455,6 +464,11 @@ class StorageSCP:
             self._ae.shutdown()  # shuts the server down and aborts its associations
         self._server = None
         self._ae = None
+        with _RUNNING_LOCK:
+            if id(self) in _RUNNING:
+                _RUNNING.discard(id(self))
+                if not _RUNNING:
+                    _config.STORE_RECV_CHUNKED_DATASET = _RUNNING_SAVED.get("chunked", False)
         self._stop.set()
         self._wake.set()
         if self._monitor is not None:

@@ -373,3 +373,16 @@ def test_read_instance_header_refuses_non_dicom(tmp_path: Path) -> None:
     with pytest.raises(InvalidInstanceError) as info:
         read_instance_header(path)
     assert info.value.status == StoreStatus.CANNOT_UNDERSTAND
+
+
+def test_chunked_receive_flag_is_restored_after_stop(make_scp) -> None:
+    from pynetdicom import _config
+
+    before = _config.STORE_RECV_CHUNKED_DATASET
+    first, _ = make_scp()
+    second, _ = make_scp()
+    assert _config.STORE_RECV_CHUNKED_DATASET is True
+    first.stop()
+    assert _config.STORE_RECV_CHUNKED_DATASET is True  # the second SCP still needs it
+    second.stop()
+    assert _config.STORE_RECV_CHUNKED_DATASET == before
