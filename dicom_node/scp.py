@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -247,8 +248,6 @@ def _walk_elements(path: Path, offset: int, ts: UID) -> dict[Any, str]:
 def _encapsulated_end(fp: Any, tell: int, size: int, little_endian: bool) -> int:
     """Walk the items of an undefined-length value; return the offset after its delimiter."""
     order = "<" if little_endian else ">"
-    import struct
-
     pos = tell
     while True:
         fp.seek(pos)
