@@ -197,7 +197,7 @@ class ContextualAttention(nn.Module):
 
     Unlike the reference, which takes the hole of the first sample for the whole batch,
     each sample uses its own mask (identical results for a batch sharing one mask).
-    Samples are processed together in chunks of ``chunk`` with grouped convolutions.
+    Samples are processed in chunks of ``chunk`` (bounds the (L, H, W) score memory).
     """
 
     def __init__(self, ksize: int = 3, stride: int = 1, rate: int = 2, fuse_k: int = 3,
@@ -278,19 +278,19 @@ class ContextualAttention(nn.Module):
         # cosine-like matching score: patches normalised with the reference's epsilon
         norm = torch.sqrt((w.pow(2) + 1e-4).sum(4, keepdim=True).sum(3, keepdim=True)
                           .sum(2, keepdim=True))
-        w_normed = (w / norm).reshape(n * num_l, c, self.ksize, self.ksize)
-        y = F.conv2d(f.reshape(1, n * c, hf, wf), w_normed, padding=self.ksize // 2, groups=n)
-        y = y.view(n, num_l, hf, wf)
+        w_normed = w / norm
+        # one convolution per sample: the same arithmetic as the reference (a grouped
+        # convolution is not faster here and rounds differently)
+        y = torch.cat([F.conv2d(f[i:i + 1], w_normed[i], padding=self.ksize // 2)
+                       for i in range(n)])  # (N, L, hf, wf)
         if self.fuse:
             y = self._fuse(y, hb, wb, hf, wf)
         y = y * usable
         y = F.softmax(y * self.softmax_scale, dim=1)
         y = y * usable
 
-        raw = raw_w.reshape(n * num_l, c, 2 * r, 2 * r)
-        out = F.conv_transpose2d(y.reshape(1, n * num_l, hf, wf), raw, stride=r,
-                                 padding=1, groups=n) / 4.0
-        return out.view(n, c, out.shape[2], out.shape[3])
+        return torch.cat([F.conv_transpose2d(y[i:i + 1], raw_w[i], stride=r, padding=1)
+                          for i in range(n)]) / 4.0
 
 
 class RefinementNetwork(nn.Module):
