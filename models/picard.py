@@ -108,6 +108,11 @@ class Picard:
         settings. Its ``architecture`` entry is filled in from the networks.
     device : str
         ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Notes
+    -----
+    The networks are moved to ``device``, put in evaluation mode and frozen
+    (``requires_grad_(False)``); pass copies if they are still being trained.
     """
 
     def __init__(self, generator: CompletionNetwork, local_critic: Critic,
