@@ -223,7 +223,8 @@ def detect(heatmap: np.ndarray, *, min_distance_px: int = 12, threshold: float |
 def match_candidates(centers_zyx: np.ndarray, scores: np.ndarray, lesions: Sequence[dict], *,
                      lesion_mask: np.ndarray | None, pixel_spacing_mm: float,
                      slice_thickness_mm: float = 1.0, min_radius_mm: float = 2.5,
-                     z_margin_slices: float = 2.0) -> Candidates:
+                     z_margin_slices: float = 2.0,
+                     z_positions: np.ndarray | None = None) -> Candidates:
     """Match detections to lesions.
 
     A detection hits a lesion when its centre lies inside ``lesion_mask`` (attributed to the
@@ -245,6 +246,9 @@ def match_candidates(centers_zyx: np.ndarray, scores: np.ndarray, lesions: Seque
         Smallest matching radius.
     z_margin_slices : float, default 2
         Extra slice tolerance (tomosynthesis blur).
+    z_positions : numpy.ndarray, optional
+        Slice index in the lesions' coordinates of each heatmap slice, when the heatmap holds
+        only some slices of the volume (``lesion_mask`` is indexed like the heatmap).
 
     Returns
     -------
@@ -259,7 +263,8 @@ def match_candidates(centers_zyx: np.ndarray, scores: np.ndarray, lesions: Seque
                                min_radius_mm)
         d_plane = np.hypot(centers[:, None, 1] - lc[None, :, 1],
                            centers[:, None, 2] - lc[None, :, 2]) * pixel_spacing_mm
-        d_z = np.abs(centers[:, None, 0] - lc[None, :, 0])
+        cz = centers[:, 0] if z_positions is None else np.asarray(z_positions)[centers[:, 0]]
+        d_z = np.abs(cz[:, None] - lc[None, :, 0])
         within = (d_plane <= radius_mm[None]) & (
             d_z <= radius_mm[None] / slice_thickness_mm + z_margin_slices)
         dist3 = np.sqrt(d_plane**2 + (d_z * slice_thickness_mm) ** 2)
@@ -382,7 +387,8 @@ def _make_case(heatmap: np.ndarray, truth: _VolumeLike, *, inside_breast: bool,
         breast_mask=truth.breast_mask if inside_breast else None)
     cands = match_candidates(centers, scores, truth.lesions, lesion_mask=truth.lesion_mask,
                              pixel_spacing_mm=truth.pixel_spacing_mm,
-                             slice_thickness_mm=truth.slice_thickness_mm)
+                             slice_thickness_mm=truth.slice_thickness_mm,
+                             z_positions=getattr(truth, "slice_positions", None))
     s, y = _flatten(hm, truth.lesion_mask, region)
     keep = np.isfinite(s)
     return Case(candidates=cands, pos_hist=np.zeros(0), neg_hist=np.zeros(0),
@@ -669,23 +675,30 @@ def method_heatmaps(model: Any, volume: np.ndarray, slice_idx: Sequence[int], *,
 
 
 class _SliceView:
-    """A phantom restricted to some slices (lesion centres shifted accordingly)."""
+    """A phantom restricted to some slices.
+
+    ``lesion_mask`` holds the scored slices only; lesion centres stay in the volume's slice
+    coordinates and ``slice_positions`` maps heatmap slices to them. Lesions whose mask
+    touches none of the scored slices are left out (they cannot be found).
+    """
 
     def __init__(self, exam: Any, idx: Sequence[int]) -> None:
         idx = list(idx)
-        self.lesion_mask = np.asarray(exam.lesion_mask)[idx]
+        full_mask = np.asarray(exam.lesion_mask)
+        self.lesion_mask = full_mask[idx]
         self.breast_mask = exam.breast_mask
         self.pixel_spacing_mm = float(exam.pixel_spacing_mm)
         self.slice_thickness_mm = float(exam.slice_thickness_mm)
+        self.slice_positions = np.asarray(idx, dtype=int)
         lesions = []
-        pos = np.asarray(idx, dtype=np.float64)
         for les in exam.lesions:
-            z = float(les["center_zyx"][0])
-            # nearest scored slice position, in the sliced coordinates (fractional)
-            zi = float(np.interp(z, pos, np.arange(len(idx)))) if len(idx) > 1 else 0.0
-            if len(idx) and (z < pos.min() - 3 or z > pos.max() + 3):
-                continue  # lesion not covered by the scored slices
-            lesions.append({**les, "center_zyx": [zi, les["center_zyx"][1], les["center_zyx"][2]]})
+            z, y, x = (int(round(float(c))) for c in les["center_zyx"])
+            # the lesion's own mask component: slices where the mask exists at its centre column
+            z_span = np.flatnonzero(full_mask[:, min(max(y, 0), full_mask.shape[1] - 1),
+                                              min(max(x, 0), full_mask.shape[2] - 1)])
+            if z_span.size and not np.isin(z_span, self.slice_positions).any():
+                continue
+            lesions.append(dict(les))
         self.lesions = lesions
 
 

@@ -218,3 +218,25 @@ def test_compare_methods_runs_on_tiny_model() -> None:
     # the minimum over completions never exceeds their mean (per window, hence per pixel)
     for space in ("image", "feature"):
         assert np.all(maps[f"MCD {space} (M=10)"] <= maps[f"MeanCD {space} (M=10)"] + 1e-4)
+
+
+def test_slice_subset_keeps_z_distances() -> None:
+    from models.evaluate import _SliceView
+    from models.phantom import make_phantom
+
+    exam = make_phantom(seed=3, lesions=1, slices=24, rows=160, cols=128, pixel_spacing_mm=0.4,
+                        lesion_diameter_mm=(6.0, 8.0))
+    zc, yc, xc = (int(round(c)) for c in exam.lesions[0]["center_zyx"])
+    far = (zc + 12) % 24
+    view = _SliceView(exam, sorted([zc, far]))
+    assert len(view.lesions) == 1 and view.lesion_mask.shape == (2, 160, 128)
+    heat = np.zeros((2, 160, 128), np.float32)
+    k_far = sorted([zc, far]).index(far)
+    heat[k_far, yc, xc] = 1.0  # a detection right above the lesion, but 12 slices away
+    c = evaluate_cases([heat], [view])[0].candidates
+    assert c.lesion_index[c.scores > 0].tolist() == [-1]
+    heat[1 - k_far, yc, xc] = 2.0  # and one on the lesion's own slice
+    c = evaluate_cases([heat], [view])[0].candidates
+    assert c.lesion_index[c.scores > 0].tolist() == [0, -1]
+    # a lesion whose slices are not scored is dropped
+    assert _SliceView(exam, [far]).lesions == []
