@@ -202,7 +202,7 @@ def detect(heatmap: np.ndarray, *, min_distance_px: int = 12, threshold: float |
         raise ValueError(f"min_distance_px must be >= 1, got {min_distance_px}")
     finite = np.isfinite(vol)
     filled = np.where(finite, vol, -np.inf)
-    size = (min(3, vol.shape[0]), 2 * min_distance_px + 1, 2 * min_distance_px + 1)
+    size = (3, 2 * min_distance_px + 1, 2 * min_distance_px + 1)  # odd: centred windows
     peaks = (filled == ndimage.maximum_filter(filled, size=size, mode="nearest")) & finite
     if breast_mask is not None:
         peaks &= np.broadcast_to(np.asarray(breast_mask, bool), vol.shape)
@@ -212,8 +212,8 @@ def detect(heatmap: np.ndarray, *, min_distance_px: int = 12, threshold: float |
     labels, n = ndimage.label(peaks, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return np.zeros((0, 3), int), np.zeros(0)
-    idx = ndimage.minimum_position(np.arange(labels.size).reshape(labels.shape), labels,
-                                   index=np.arange(1, n + 1))
+    safe = np.where(np.isfinite(filled), filled, np.finfo(np.float32).min)
+    idx = ndimage.maximum_position(safe, labels, index=np.arange(1, n + 1))
     centers = np.asarray(idx, dtype=int).reshape(-1, 3)
     scores = filled[tuple(centers.T)].astype(np.float64)
     order = np.argsort(-scores, kind="stable")
@@ -382,9 +382,18 @@ def _make_case(heatmap: np.ndarray, truth: _VolumeLike, *, inside_breast: bool,
         raise ValueError(f"heatmap shape {hm.shape} differs from lesion_mask shape "
                          f"{truth.lesion_mask.shape}")
     region = np.broadcast_to(truth.breast_mask, hm.shape) if inside_breast else None
-    centers, scores = detect(
-        hm, min_distance_px=max(1, int(round(min_distance_mm / truth.pixel_spacing_mm))),
-        breast_mask=truth.breast_mask if inside_breast else None)
+    nms = max(1, int(round(min_distance_mm / truth.pixel_spacing_mm)))
+    bm = truth.breast_mask if inside_breast else None
+    positions = getattr(truth, "slice_positions", None)
+    if positions is not None and np.any(np.diff(positions) != 1):
+        # scored slices are not neighbours: no suppression across them
+        found = [detect(hm[k:k + 1], min_distance_px=nms, breast_mask=bm) for k in range(len(hm))]
+        centers = np.concatenate([c + [k, 0, 0] for k, (c, _) in enumerate(found)])
+        scores = np.concatenate([sc for _, sc in found])
+        order = np.argsort(-scores, kind="stable")
+        centers, scores = centers[order], scores[order]
+    else:
+        centers, scores = detect(hm, min_distance_px=nms, breast_mask=bm)
     cands = match_candidates(centers, scores, truth.lesions, lesion_mask=truth.lesion_mask,
                              pixel_spacing_mm=truth.pixel_spacing_mm,
                              slice_thickness_mm=truth.slice_thickness_mm,
