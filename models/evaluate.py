@@ -525,7 +525,8 @@ METHODS: dict[str, tuple[str, str, str]] = {
 def compare_methods(model: Any, exams: Sequence[Any], *, m: int = 10, n_boot: int = 1000,
                     seed: int = 0, slices: Callable[[Any], Sequence[int]] | None = None,
                     inside_breast: bool = True, fp_rates: Sequence[float] = FP_RATES,
-                    progress: bool = False, print_table: bool = True) -> dict[str, Any]:
+                    progress: bool = False, print_table: bool = True,
+                    keep_heatmaps: bool = False) -> dict[str, Any]:
     """Compare PICARD scoring variants on the same exams.
 
     The completions are drawn once per window (``m`` with dropout, one without) and every
@@ -552,6 +553,9 @@ def compare_methods(model: Any, exams: Sequence[Any], *, m: int = 10, n_boot: in
         Show a tqdm progress bar.
     print_table : bool, default True
         Print the table to stdout.
+    keep_heatmaps : bool, default False
+        Add ``heatmaps`` (``{method: [per-exam (n_slices, H, W) arrays]}``, not JSON-able)
+        and ``slices`` (scored slice indices per exam) to the result.
 
     Returns
     -------
@@ -609,6 +613,9 @@ def compare_methods(model: Any, exams: Sequence[Any], *, m: int = 10, n_boot: in
                      "seconds": round(time.time() - t0, 1)},
     }
     json.dumps(out, allow_nan=True)  # fail here, not in the caller, if something is not JSON-able
+    if keep_heatmaps:
+        out["heatmaps"] = per_method
+        out["slices"] = [t.slice_positions.tolist() for t in truths]
     return out
 
 

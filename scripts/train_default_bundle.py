@@ -147,10 +147,12 @@ def stage_evaluate(out: Path, n_boot: int) -> dict:
                 threshold, val_sens, time.time() - t)
     test = lesion_volumes(TEST_SEEDS)
     result = compare_methods(model, test, m=model.card["M"], n_boot=n_boot, seed=0,
-                             slices=eval_slices, progress=False, print_table=True)
+                             slices=eval_slices, progress=False, print_table=True,
+                             keep_heatmaps=True)
+    maps = result.pop("heatmaps")[f"MCD image (M={model.card['M']})"] if model.card["M"] == 10 \
+        else _heatmaps(model, test, eval_slices)
+    result.pop("slices")
     # pixel-level sensitivity/specificity of the binary SEG at the chosen threshold
-    seg = {}
-    maps = _heatmaps(model, test, eval_slices)
     views = _views(test, eval_slices)
     tp = fp = fn = tn = 0
     for hm, v in zip(maps, views):
