@@ -71,6 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     app = make_celery(settings)
+    # set_default too: the SCP's monitor thread dispatches, and current_app is thread-local
+    app.set_default()
     app.set_current()
     set_app(app)
     from workers.tasks import dispatch_series
@@ -131,6 +133,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings_from_args(args)
     app = make_celery(settings)
+    # set_default too: the SCP's monitor thread dispatches, and current_app is thread-local
+    app.set_default()
     app.set_current()
     set_app(app)
     import workers.tasks  # noqa: F401  (registers the tasks)

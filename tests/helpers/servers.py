@@ -203,8 +203,18 @@ class NodeProcess:
 
 def storescu(port: int, files: list[Path], *, called_ae: str = "PICARD",
              calling_ae: str = "STORESCU", timeout: float = 120) -> subprocess.CompletedProcess:
-    """Send files with dcmtk's ``storescu`` (``-R``: propose only what the files need)."""
+    """Send files with dcmtk's ``storescu``.
+
+    ``-R`` proposes only the SOP classes the files need; compressed files (dcmtk cannot
+    transcode JPEG 2000) are proposed in their own transfer syntax with ``-xv``/``-xs``.
+    """
+    import pydicom
+    from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGLosslessSV1
+
+    syntax = {JPEG2000Lossless: "-xv", JPEG2000: "-xw", JPEGLosslessSV1: "-xs"}
+    options = {syntax.get(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID,
+                          "") for f in files} - {""}
     return subprocess.run(
-        ["storescu", "-R", "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port),
-         *[str(f) for f in files]],
+        ["storescu", "-R", *sorted(options), "-aet", calling_ae, "-aec", called_ae, "127.0.0.1",
+         str(port), *[str(f) for f in files]],
         capture_output=True, text=True, timeout=timeout)
