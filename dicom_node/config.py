@@ -68,6 +68,16 @@ class Settings(BaseSettings):
         Torch device for the workers: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Default ``"cpu"``.
     worker_concurrency : int
         Processes of the embedded worker. Default ``1``.
+    export_retry_base_seconds : float
+        First wait before a failed export is retried; doubles each attempt. Default ``5``.
+    export_retry_max_seconds : float
+        Longest wait between export attempts. Default ``600``.
+    dead_letter_after_seconds : float
+        A result not delivered after this long goes to ``<spool>/dead-letter`` and waits for
+        ``picard-node outbox retry``. Default ``86400`` (one day).
+    visibility_timeout_seconds : float
+        Redis broker: a job whose worker died unacknowledged is redelivered after this long;
+        must exceed the longest job. Default ``3600``.
     allowed_calling_aets : list of str
         Calling AE titles the storage SCP accepts associations from; empty (default) accepts
         any, e.g. ``["MODALITY1", "PACS"]``.
@@ -90,6 +100,10 @@ class Settings(BaseSettings):
     model_bundle: Path | None = None
     device: str = "cpu"
     worker_concurrency: int = Field(default=1, ge=1)
+    export_retry_base_seconds: float = Field(default=5.0, gt=0)
+    export_retry_max_seconds: float = Field(default=600.0, gt=0)
+    dead_letter_after_seconds: float = Field(default=86400.0, gt=0)
+    visibility_timeout_seconds: float = Field(default=3600.0, gt=0)
     allowed_calling_aets: list[str] = Field(default_factory=list)
     min_free_bytes: int = Field(default=1_000_000_000, ge=0)
 
