@@ -59,7 +59,8 @@ def make_celery(settings: Settings) -> Celery:
     else:
         app.conf.broker_url = settings.broker_url
         # Redelivery of unacknowledged jobs when a worker dies; must exceed the longest job.
-        app.conf.broker_transport_options = {"visibility_timeout": 4 * 3600}
+        app.conf.broker_transport_options = {
+            "visibility_timeout": settings.visibility_timeout_seconds}
     app.conf.update(
         task_routes={
             "picard.analyze": {"queue": GPU_QUEUE},

@@ -88,6 +88,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.embedded:
         worker_proc = _spawn_embedded_worker(settings)
 
+    if settings.embedded:
+        _recover_embedded_jobs(settings, spool, on_series_complete)
     # Series that were complete but not yet queued when the node last stopped.
     for ref in spool.pending_series():
         logger.info("re-dispatching series %s left pending by a previous run", ref.series_uid)
@@ -114,6 +116,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 worker_proc.kill()
     return 0
+
+
+def _recover_embedded_jobs(settings: Settings, spool, on_series_complete) -> None:
+    """Re-enqueue work the on-disk broker may have lost with a killed worker.
+
+    The filesystem transport removes a message when a worker takes it, so a job in flight
+    (or waiting for a retry countdown) when the node died is gone. Every stage is idempotent,
+    so queuing dispatched-but-not-done series and undelivered outbox entries again is safe.
+    """
+    from dicom_node.outbox import Outbox
+
+    from workers.tasks import dispatch_export
+
+    for ref in spool.all_series():
+        if spool.state(ref) == "dispatched":
+            logger.info("re-dispatching series %s (dispatched, never finished)", ref.series_uid)
+            on_series_complete(ref)
+    for entry in Outbox(settings.spool_dir).entries():
+        if entry.state == "pending":
+            logger.info("re-queuing export of %s from the outbox", entry.result_id)
+            dispatch_export(entry.result_dir)
 
 
 def _spawn_embedded_worker(settings: Settings) -> subprocess.Popen:
@@ -198,8 +221,114 @@ def cmd_model_import_official(args: argparse.Namespace) -> int:
     """Write a model bundle from official ``gen_*.pt`` / ``dis_*.pt`` checkpoints."""
     from models.bundle import import_official
 
-    out = import_official(Path(args.gen), Path(args.dis), Path(args.out))
+    out = import_official(Path(args.gen), Path(args.dis), Path(args.out),
+                          threshold=args.threshold)
     print(f"wrote bundle {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train / evaluate
+def _training_arrays(inputs: list[Path], spacing_mm: float) -> list:
+    """Normal training data: DICOM series (resampled to ``spacing_mm``) or image folders."""
+    import numpy as np
+    import pydicom
+    from scipy.ndimage import zoom
+
+    from dicom_node.volume import load_series
+    from models.train import load_image_folder
+
+    arrays = []
+    for item in inputs:
+        dicoms = sorted(item.rglob("*.dcm")) if item.is_dir() else [item]
+        dicoms = [f for f in dicoms if "truth" not in f.parts]
+        if not dicoms:
+            arrays.extend(load_image_folder(item))
+            continue
+        by_series: dict[str, list[Path]] = {}
+        for f in dicoms:
+            uid = pydicom.dcmread(f, stop_before_pixels=True,
+                                  specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
+            by_series.setdefault(str(uid), []).append(f)
+        for files in by_series.values():
+            vol = load_series(files)
+            factors = (1.0, vol.pixel_spacing_mm[0] / spacing_mm, vol.pixel_spacing_mm[1] / spacing_mm)
+            pixels = vol.pixels if factors == (1.0, 1.0, 1.0) else zoom(vol.pixels, factors, order=1)
+            arrays.append(np.clip(pixels, 0, 1).astype(np.float32))
+    if not arrays:
+        raise FileNotFoundError(f"no training data found in {[str(i) for i in inputs]}")
+    return arrays
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a bundle on normal data (DICOM series or image folders)."""
+    from models.train import TrainConfig, train
+
+    config = TrainConfig(window=args.window, hole=args.hole, max_delta=args.max_delta,
+                         stride=args.stride, pixel_spacing_mm=args.pixel_spacing, ngf=args.ngf,
+                         ndf=args.ndf, batch_size=args.batch_size, iterations=args.iterations,
+                         max_minutes=args.minutes, threads=args.threads, seed=args.seed)
+    data = _training_arrays([Path(p) for p in args.inputs], args.pixel_spacing)
+    logger.info("training on %d normal arrays", len(data))
+    bundle = train(config, data, Path(args.out), resume=args.resume, progress=True)
+    print(f"bundle: {bundle}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Compare MCD vs single completion vs mean distance on synthetic exams with truth."""
+    from models import Picard
+    from models.evaluate import compare_methods
+    from models.phantom import make_phantom
+
+    model = Picard.from_bundle(args.model) if args.model else Picard.from_bundle()
+    spacing = float(model.card["pixel_spacing_mm"])
+    exams = [make_phantom(seed=args.seed + i, lesions=1, slices=args.slices, rows=args.rows,
+                          cols=args.cols, pixel_spacing_mm=spacing,
+                          view="MLO" if (args.seed + i) % 3 == 0 else "CC",
+                          lesion_diameter_mm=(5.0, 30.0))
+             for i in range(args.count)]
+    result = compare_methods(model, exams, m=args.m, n_boot=args.n_boot, seed=0,
+                             progress=True, print_table=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+        print(f"wrote {args.json}")
+    return 0
+
+
+# --------------------------------------------------------------------------- outbox
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """List undelivered results, or queue them for export again."""
+    from dicom_node.outbox import Outbox
+
+    settings = _settings_from_args(args)
+    outbox = Outbox(settings.spool_dir)
+    entries = outbox.entries()
+    if args.outbox_command == "list":
+        if not entries:
+            print("outbox empty")
+        for e in entries:
+            age = time.time() - e.first_attempt
+            print(f"{e.result_id}  {e.state:<11}  attempts {e.attempts:<3} age {age:8.0f} s  "
+                  f"{e.last_error[:100]}")
+        return 0
+    from workers.celery_app import make_celery, set_app
+
+    app = make_celery(settings)
+    app.set_default()
+    set_app(app)
+    from workers.tasks import dispatch_export
+
+    wanted = set(args.result_ids)
+    chosen = [e for e in entries if args.all or e.result_id in wanted]
+    missing = wanted - {e.result_id for e in entries}
+    if missing:
+        raise ValueError(f"not in the outbox or dead-letter folder: {sorted(missing)}")
+    if not chosen:
+        raise ValueError("name result ids to retry, or --all")
+    for e in chosen:
+        outbox.revive(e.result_id)
+        job = dispatch_export(e.result_dir)
+        print(f"{e.result_id}: export queued as job {job}")
     return 0
 
 
@@ -271,7 +400,50 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("gen")
     q.add_argument("dis")
     q.add_argument("out")
+    q.add_argument("--threshold", type=float,
+                   help="MCD score for the binary SEG (calibrate on local normal exams)")
     q.set_defaults(func=cmd_model_import_official)
+
+    p = sub.add_parser("train", help="train a model bundle on normal data")
+    p.add_argument("inputs", nargs="+", help="DICOM files/folders or image folders (PNG/NPY)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, bundle/)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--minutes", type=float, help="stop after this wall time")
+    p.add_argument("--iterations", type=int, default=20000)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--hole", type=int, default=32)
+    p.add_argument("--max-delta", type=int, default=8)
+    p.add_argument("--stride", type=int, default=16)
+    p.add_argument("--pixel-spacing", type=float, default=0.4, help="mm, data resampled to it")
+    p.add_argument("--ngf", type=int, default=8)
+    p.add_argument("--ndf", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of scoring variants on synthetic exams")
+    p.add_argument("--model", type=Path)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--seed", type=int, default=9000)
+    p.add_argument("--slices", type=int, default=24)
+    p.add_argument("--rows", type=int, default=224)
+    p.add_argument("--cols", type=int, default=160)
+    p.add_argument("--m", type=int, default=10)
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--json", help="write the result table as JSON here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("outbox", help="undelivered results: list, retry")
+    osub = p.add_subparsers(dest="outbox_command", required=True)
+    q = osub.add_parser("list", help="pending and dead-lettered results")
+    node_options(q)
+    q.set_defaults(func=cmd_outbox)
+    q = osub.add_parser("retry", help="queue export again (dead-lettered ones included)")
+    node_options(q)
+    q.add_argument("result_ids", nargs="*")
+    q.add_argument("--all", action="store_true")
+    q.set_defaults(func=cmd_outbox)
 
     p = sub.add_parser("demo", help="end-to-end demo on a synthetic exam")
     p.add_argument("--out", default="demo-out")

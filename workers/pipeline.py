@@ -9,10 +9,10 @@ atomically and returns early when they already exist, so a replayed job makes no
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ import pydicom
 from dicom_node.config import Destination, Settings
 from dicom_node.encode import encode_results
 from dicom_node.scu import send_datasets
+from dicom_node.spool import Spool, atomic_write_bytes
 from dicom_node.volume import load_series, unflip
 
 logger = logging.getLogger(__name__)
@@ -246,44 +247,37 @@ def run_offline(inputs: list[Path], out_dir: Path, *, bundle: Path | None = None
     return results
 
 
+def quarantine_series(series_dir: Path, spool_dir: Path, reason: str) -> None:
+    """Move the files of a series that cannot be analyzed to the quarantine, with the reason."""
+    spool = Spool(spool_dir)
+    for f in series_files(series_dir):
+        spool.quarantine(f, name=f.name, reason=reason)
+    ref = spool.series_ref(Path(series_dir).parent.name, Path(series_dir).name)
+    if Path(ref.directory) == Path(series_dir):
+        spool.mark_done(ref)  # nothing left to process; not re-dispatched after a restart
+    logger.error("quarantined series folder %s: %s", series_dir, reason)
+
+
+def mark_series_done(result_dir: Path, spool_dir: Path) -> None:
+    """Mark the spooled series of a delivered result as done (if it came through the spool)."""
+    summary = json.loads((Path(result_dir) / RESULT_FILE).read_text())
+    spool = Spool(spool_dir)
+    ref = spool.series_ref(summary["study_uid"], summary["series_uid"])
+    if Path(ref.directory).is_dir():
+        spool.mark_done(ref)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode())
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _atomic_write_dataset(path: Path, ds: pydicom.Dataset) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
-    os.close(fd)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    atomic_write_bytes(path, buffer.getvalue())

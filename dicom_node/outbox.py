@@ -1,0 +1,129 @@
+"""The export outbox: results waiting for delivery, and the dead-letter folder.
+
+``<spool>/outbox/<result_id>.json`` exists from the first export attempt until every
+destination answered success; each failed attempt is recorded in it (count, last error, time).
+When a result has waited longer than the configured limit it moves to
+``<spool>/dead-letter/<result_id>.json`` and is no longer retried automatically;
+``picard-node outbox retry`` puts it back. All writes are atomic and fsynced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dicom_node.spool import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OutboxEntry:
+    """Delivery state of one result.
+
+    Attributes
+    ----------
+    result_id : str
+        Result folder name (digest of source UIDs and model version).
+    result_dir : str
+        Folder holding ``objects/`` and ``delivered/``.
+    first_attempt : float
+        Unix time of the first export attempt.
+    attempts : int
+        Failed attempts so far.
+    last_error : str
+        Message of the last failure ("" before any).
+    last_attempt : float
+        Unix time of the last failure (0 before any).
+    state : str
+        ``"pending"`` or ``"dead-letter"``.
+    """
+
+    result_id: str
+    result_dir: str
+    first_attempt: float = field(default_factory=time.time)
+    attempts: int = 0
+    last_error: str = ""
+    last_attempt: float = 0.0
+    state: str = "pending"
+
+
+class Outbox:
+    """Outbox and dead-letter folders of a spool."""
+
+    def __init__(self, spool_dir: Path | str) -> None:
+        self.pending_dir = Path(spool_dir) / "outbox"
+        self.dead_dir = Path(spool_dir) / "dead-letter"
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
+        self.dead_dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, result_id: str, dead: bool = False) -> Path:
+        return (self.dead_dir if dead else self.pending_dir) / f"{result_id}.json"
+
+    def _write(self, entry: OutboxEntry) -> None:
+        atomic_write_bytes(self._path(entry.result_id, entry.state == "dead-letter"),
+                           json.dumps(asdict(entry), indent=1).encode())
+
+    def get(self, result_id: str) -> OutboxEntry | None:
+        """The entry for ``result_id`` (pending or dead-lettered), or None."""
+        for dead in (False, True):
+            path = self._path(result_id, dead)
+            if path.exists():
+                return OutboxEntry(**json.loads(path.read_text()))
+        return None
+
+    def open(self, result_id: str, result_dir: Path | str) -> OutboxEntry:
+        """Record that delivery of a result starts (idempotent: keeps an existing entry)."""
+        entry = self.get(result_id)
+        if entry is None:
+            entry = OutboxEntry(result_id=result_id, result_dir=str(result_dir))
+            self._write(entry)
+        return entry
+
+    def record_failure(self, result_id: str, error: str) -> OutboxEntry:
+        """Count a failed attempt; returns the updated entry."""
+        entry = self.get(result_id)
+        if entry is None:
+            raise KeyError(f"result {result_id!r} is not in the outbox")
+        entry.attempts += 1
+        entry.last_error = error[:2000]
+        entry.last_attempt = time.time()
+        self._write(entry)
+        return entry
+
+    def delivered(self, result_id: str) -> None:
+        """Remove a result that reached every destination."""
+        for dead in (False, True):
+            self._path(result_id, dead).unlink(missing_ok=True)
+
+    def dead_letter(self, result_id: str) -> OutboxEntry:
+        """Move a result to the dead-letter folder (no more automatic retries)."""
+        entry = self.get(result_id)
+        if entry is None:
+            raise KeyError(f"result {result_id!r} is not in the outbox")
+        entry.state = "dead-letter"
+        self._write(entry)
+        self._path(result_id).unlink(missing_ok=True)
+        logger.error("result %s moved to the dead-letter folder after %d attempts: %s",
+                     result_id, entry.attempts, entry.last_error)
+        return entry
+
+    def revive(self, result_id: str) -> OutboxEntry:
+        """Put a dead-lettered result back in the outbox with a fresh clock."""
+        entry = self.get(result_id)
+        if entry is None:
+            raise KeyError(f"result {result_id!r} is neither in the outbox nor dead-lettered")
+        entry.state = "pending"
+        entry.first_attempt = time.time()
+        self._write(entry)
+        self._path(result_id, dead=True).unlink(missing_ok=True)
+        return entry
+
+    def entries(self) -> list[OutboxEntry]:
+        """All pending and dead-lettered entries, oldest first."""
+        found = [OutboxEntry(**json.loads(p.read_text()))
+                 for folder in (self.pending_dir, self.dead_dir) for p in folder.glob("*.json")]
+        return sorted(found, key=lambda e: e.first_attempt)
