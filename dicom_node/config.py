@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -32,11 +32,45 @@ class Destination(BaseModel):
         Host name or IP address, e.g. ``"127.0.0.1"``.
     port : int
         TCP port, e.g. ``4242``.
+    tls : bool
+        Use DICOM TLS for this peer. Default ``False``, e.g. ``True``.
+    tls_ca : Path or None
+        PEM file of the CA certificate(s) that signed the peer's certificate; ``None``
+        (default) uses the system trust store, e.g. ``/etc/picard/pacs-ca.pem``.
+    tls_cert : Path or None
+        PEM client certificate (chain) to present to the peer when it asks for one; needs
+        `tls_key`. Default ``None``, e.g. ``/etc/picard/node.crt``.
+    tls_key : Path or None
+        PEM private key (unencrypted) of `tls_cert`. Default ``None``, e.g.
+        ``/etc/picard/node.key``.
+    tls_server_name : str or None
+        Name the peer's certificate must carry (subjectAltName DNS or IP); ``None``
+        (default) checks it against `host`, e.g. ``"pacs.hospital.example"``.
+    tls_check_hostname : bool
+        Check the peer's certificate name at all (the chain is verified regardless).
+        Default ``True``; ``False`` for peers whose certificates name no host.
     """
 
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    tls_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> "Destination":
+        extra = [name for name in ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+                 if getattr(self, name) is not None]
+        if extra and not self.tls:
+            raise ValueError(f"destination {self.ae_title}: {', '.join(extra)} set but tls is "
+                             "false; set tls: true")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(f"destination {self.ae_title}: tls_cert and tls_key go together")
+        return self
 
 
 class Settings(BaseSettings):
@@ -79,8 +113,30 @@ class Settings(BaseSettings):
         Redis broker: a job whose worker died unacknowledged is redelivered after this long;
         must exceed the longest job. Default ``3600``.
     allowed_calling_aets : list of str
-        Calling AE titles the storage SCP accepts associations from; empty (default) accepts
-        any, e.g. ``["MODALITY1", "PACS"]``.
+        Calling AE titles the storage SCP accepts associations from, each optionally bound to
+        a source host as ``"AET@host"`` (IP address or host name, resolved at start; the last
+        ``@`` separates the host). Others are rejected at association level (A-ASSOCIATE-RJ,
+        rejected-permanent, service user, reason 3 "calling AE title not recognized").
+        Empty (default) accepts any, e.g. ``["MODALITY1@10.0.0.5", "PACS"]``.
+    require_called_ae_title : bool
+        Reject associations whose called AE title is not `ae_title` (A-ASSOCIATE-RJ,
+        reason 7 "called AE title not recognized"). Default ``True``; ``False`` answers to
+        any called AE title.
+    tls_cert : Path or None
+        PEM server certificate (chain) of the storage SCP. When set with `tls_key`, the SCP
+        speaks DICOM TLS only (plain TCP connections fail). Default ``None`` (plain TCP),
+        e.g. ``/etc/picard/node.crt``.
+    tls_key : Path or None
+        PEM private key (unencrypted) of `tls_cert`. Default ``None``, e.g.
+        ``/etc/picard/node.key``.
+    tls_ca : Path or None
+        PEM file of the CA certificate(s) that sign client certificates. When set, every
+        client must present a certificate signed by one of them, else the TLS handshake
+        fails. Needs `tls_cert`. Default ``None`` (no client certificate asked for), e.g.
+        ``/etc/picard/modalities-ca.pem``.
+    tls_handshake_seconds : float
+        A TLS client that has not completed its handshake after this many seconds is
+        disconnected. Default ``30``.
     min_free_bytes : int
         The storage SCP refuses instances (status 0xA700, out of resources) while the spool's
         file system has fewer free bytes than this. Default ``1_000_000_000`` (1 GB), e.g.
@@ -106,6 +162,11 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: float = Field(default=3600.0, gt=0)
     allowed_calling_aets: list[str] = Field(default_factory=list)
     min_free_bytes: int = Field(default=1_000_000_000, ge=0)
+    require_called_ae_title: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_handshake_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("ae_title")
     @classmethod
@@ -113,6 +174,34 @@ class Settings(BaseSettings):
         if not 0 < len(value) <= 16 or "\\" in value or not value.isascii():
             raise ValueError(f"AE title {value!r} must be 1-16 ASCII characters without '\\'")
         return value
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _check_allowed_calling_aets(cls, values: list[str]) -> list[str]:
+        for entry in values:
+            ae, _, host = entry.rpartition("@") if "@" in entry else (entry, "", "")
+            ae = ae.strip()
+            if not 0 < len(ae) <= 16 or "\\" in ae or not ae.isascii():
+                raise ValueError(f"allowed_calling_aets entry {entry!r}: AE title {ae!r} must "
+                                 "be 1-16 ASCII characters without '\\'")
+            if "@" in entry and not host.strip():
+                raise ValueError(f"allowed_calling_aets entry {entry!r} has an empty host "
+                                 "after '@'")
+        return values
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> "Settings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca (client certificate verification) needs tls_cert and "
+                             "tls_key (the SCP's own certificate)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the storage SCP speaks DICOM TLS (`tls_cert` and `tls_key` set)."""
+        return self.tls_cert is not None
 
     @field_validator("broker_url")
     @classmethod
