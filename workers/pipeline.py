@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from dicom_node.config import Destination, Settings
+from dicom_node.config import Destination
 from dicom_node.encode import encode_results
 from dicom_node.scu import send_datasets
 from dicom_node.spool import Spool, atomic_write_bytes
