@@ -11,6 +11,18 @@ structure, no pixel decoding), then moved into the spool and fsynced **before** 
 answered. A bad instance is answered with a failure status and quarantined; the SCP keeps
 serving.
 
+Access control happens at association level (PS3.8 7.1.1.9): a called AE title other than
+``Settings.ae_title`` (unless ``require_called_ae_title`` is off) is rejected with
+A-ASSOCIATE-RJ *rejected-permanent, service-user, reason 7*; a calling AE title (or
+AE title and source host) not in ``Settings.allowed_calling_aets`` with *reason 3*. With
+``Settings.tls_cert``/``tls_key`` the SCP speaks DICOM TLS only; with ``tls_ca`` every client
+must present a certificate signed by that CA. The TLS handshake runs in the connection's
+own thread with a time limit, so a silent or plain-TCP client blocks nobody.
+
+Every association (accepted, rejected, failed TLS handshake) leaves one record in the audit
+trail (:class:`dicom_node.audit.AuditLog`, ``<spool>/audit/audit-YYYYMMDD.jsonl``) and one
+log line; neither carries patient names or IDs.
+
 A series is complete
 
 * at once, when a multi-frame instance (``NumberOfFrames > 1``, e.g. one Breast
@@ -26,9 +38,12 @@ to record the job with :meth:`~dicom_node.spool.Spool.mark_dispatched`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
+import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -54,8 +69,12 @@ import pynetdicom.dimse_messages as _dimse_messages
 from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
+from dicom_node.tls import peer_subject, server_context
+from dicom_node.volume import MAX_SHAPE
 from dicom_node.spool import (
     SeriesRef,
     Spool,
@@ -89,7 +108,14 @@ _TAG_SOP_INSTANCE = Tag(0x0008, 0x0018)
 _TAG_STUDY = Tag(0x0020, 0x000D)
 _TAG_SERIES = Tag(0x0020, 0x000E)
 _TAG_FRAMES = Tag(0x0028, 0x0008)
-_WANTED = {_TAG_SOP_CLASS, _TAG_SOP_INSTANCE, _TAG_STUDY, _TAG_SERIES, _TAG_FRAMES}
+_TAG_SAMPLES = Tag(0x0028, 0x0002)
+_TAG_ROWS = Tag(0x0028, 0x0010)
+_TAG_COLUMNS = Tag(0x0028, 0x0011)
+_TAG_BITS_ALLOCATED = Tag(0x0028, 0x0100)
+_TAG_PIXEL_DATA = Tag(0x7FE0, 0x0010)
+#: US (unsigned short) elements of the Image Pixel module the checks need.
+_US_TAGS = {_TAG_SAMPLES, _TAG_ROWS, _TAG_COLUMNS, _TAG_BITS_ALLOCATED}
+_WANTED = {_TAG_SOP_CLASS, _TAG_SOP_INSTANCE, _TAG_STUDY, _TAG_SERIES, _TAG_FRAMES} | _US_TAGS
 _ITEM = (0xFFFE, 0xE000)
 _SEQ_DELIM = (0xFFFE, 0xE0DD)
 #: Longest wait between retries of a failing series callback, seconds.
@@ -132,6 +158,8 @@ class InstanceHeader:
         ``NumberOfFrames``, 1 when absent.
     transfer_syntax : str
         Transfer Syntax UID from the file meta.
+    rows, columns : int
+        ``Rows`` and ``Columns`` (0 when absent: not an image).
     """
 
     sop_class_uid: str
@@ -140,6 +168,19 @@ class InstanceHeader:
     series_uid: str
     number_of_frames: int
     transfer_syntax: str
+    rows: int = 0
+    columns: int = 0
+
+
+@dataclass
+class _Scan:
+    """What one pass over the top-level elements found."""
+
+    text: dict[Any, str] = field(default_factory=dict)   # UIDs, IS values
+    numbers: dict[Any, int | None] = field(default_factory=dict)  # US values (None: bad length)
+    seen: set[Any] = field(default_factory=set)           # top-level tags present
+    pixel_length: int | None = None                       # native Pixel Data bytes
+    pixel_fragments: int | None = None                    # encapsulated fragments (no BOT)
 
 
 def decodable_transfer_syntaxes() -> list[UID]:
@@ -162,7 +203,8 @@ def decodable_transfer_syntaxes() -> list[UID]:
     return found
 
 
-def read_instance_header(path: Path | str) -> InstanceHeader:
+def read_instance_header(path: Path | str, *,
+                         max_shape: tuple[int, int, int] = MAX_SHAPE) -> InstanceHeader:
     """Check a received Part 10 file cheaply and return its identifiers.
 
     Reads the file meta, walks the top-level elements of the data set without reading
@@ -170,11 +212,34 @@ def read_instance_header(path: Path | str) -> InstanceHeader:
     exactly at the end of the file, so truncated transfers are caught. Encapsulated pixel
     data is checked fragment by fragment. A deflated data set is inflated and parsed.
 
+    For the image storage SOP classes the node accepts (:data:`ACCEPTED_SOP_CLASSES`) it
+    also checks, without decoding anything, that
+
+    * Pixel Data, Rows, Columns and Bits Allocated are present and sane;
+    * frames, rows and columns stay within `max_shape` (memory bombs);
+    * native (uncompressed) Pixel Data holds Rows x Columns x Frames x Samples x Bits
+      Allocated bits, and encapsulated Pixel Data has at least one fragment per frame.
+
+    Problems that need the whole header (functional groups of a Breast Tomosynthesis Image,
+    per-frame geometry) are found when the series is loaded
+    (:func:`dicom_node.volume.load_series` raises ``VolumeError``; the series is then
+    quarantined).
+
+    Parameters
+    ----------
+    path : Path or str
+        The received Part 10 file.
+    max_shape : tuple of int, optional
+        Largest accepted (frames, rows, columns); default
+        :data:`dicom_node.volume.MAX_SHAPE`, so nothing is accepted that loading would
+        refuse for its size.
+
     Raises
     ------
     InvalidInstanceError
-        ``CANNOT_UNDERSTAND`` for unreadable, truncated or corrupt files;
-        ``DATASET_MISMATCH`` when a required identifier is missing or not a UID.
+        ``CANNOT_UNDERSTAND`` for unreadable, truncated or corrupt files, pixel data shorter
+        than the dimensions need and dimensions over the limits; ``DATASET_MISMATCH`` when a
+        required identifier or image attribute is missing or not valid.
     """
     path = Path(path)
     try:
@@ -186,14 +251,15 @@ def read_instance_header(path: Path | str) -> InstanceHeader:
         raise InvalidInstanceError(f"unknown transfer syntax {ts!r}", StoreStatus.CANNOT_UNDERSTAND)
     try:
         if ts.is_deflated:
-            values = _values_from_full_read(path)
+            scan = _scan_full_read(path)
         else:
-            values = _walk_elements(path, offset, ts)
+            scan = _walk_elements(path, offset, ts)
     except InvalidInstanceError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise InvalidInstanceError(f"corrupt data set: {type(exc).__name__}: {exc}",
                                    StoreStatus.CANNOT_UNDERSTAND)
+    values = scan.text
     try:
         sop_class = check_uid(values.get(_TAG_SOP_CLASS), "SOPClassUID")
         sop_instance = check_uid(values.get(_TAG_SOP_INSTANCE), "SOPInstanceUID")
@@ -207,17 +273,82 @@ def read_instance_header(path: Path | str) -> InstanceHeader:
     except ValueError:
         raise InvalidInstanceError(f"NumberOfFrames {frames_text!r} is not an integer",
                                    StoreStatus.DATASET_MISMATCH)
-    return InstanceHeader(sop_class, sop_instance, study, series, frames, str(ts))
+    rows = columns = 0
+    if sop_class in ACCEPTED_SOP_CLASSES:
+        rows, columns = _check_image(scan, sop_class, frames, ts, max_shape)
+    return InstanceHeader(sop_class, sop_instance, study, series, frames, str(ts), rows, columns)
 
 
-def _values_from_full_read(path: Path) -> dict[Any, str]:
+def _check_image(scan: _Scan, sop_class: str, frames: int, ts: UID,
+                 max_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Cheap Image Pixel module checks; returns (rows, columns)."""
+    mismatch = StoreStatus.DATASET_MISMATCH
+    if _TAG_PIXEL_DATA not in scan.seen:
+        raise InvalidInstanceError("image without Pixel Data", mismatch)
+    needed = {_TAG_ROWS: "Rows", _TAG_COLUMNS: "Columns", _TAG_BITS_ALLOCATED: "BitsAllocated"}
+    for tag, name in needed.items():
+        if scan.numbers.get(tag) is None:
+            raise InvalidInstanceError(f"{name} missing or not an unsigned short", mismatch)
+    rows = int(scan.numbers[_TAG_ROWS] or 0)
+    columns = int(scan.numbers[_TAG_COLUMNS] or 0)
+    bits = int(scan.numbers[_TAG_BITS_ALLOCATED] or 0)
+    samples = scan.numbers.get(_TAG_SAMPLES)
+    samples = 1 if samples is None else int(samples)
+    if min(frames, rows, columns, samples) < 1:
+        raise InvalidInstanceError(f"empty image: {frames} frames of {rows} x {columns}, "
+                                   f"{samples} samples per pixel", mismatch)
+    if bits not in (1, 8, 16, 32, 64):
+        raise InvalidInstanceError(f"BitsAllocated {bits} is not 1, 8, 16, 32 or 64", mismatch)
+    if frames > max_shape[0] or rows > max_shape[1] or columns > max_shape[2]:
+        raise InvalidInstanceError(
+            f"{frames} frames of {rows} x {columns} exceed the node's limit of "
+            f"{max_shape[0]} frames of {max_shape[1]} x {max_shape[2]}",
+            StoreStatus.CANNOT_UNDERSTAND)
+    if scan.pixel_length is not None and not ts.is_encapsulated:
+        needed_bytes = -(-frames * rows * columns * samples * bits // 8)
+        if scan.pixel_length < needed_bytes:
+            raise InvalidInstanceError(
+                f"pixel data is {scan.pixel_length} bytes; {frames} frames of {rows} x "
+                f"{columns} x {bits} bits need {needed_bytes}", StoreStatus.CANNOT_UNDERSTAND)
+    if scan.pixel_fragments is not None and not _is_video(ts) and scan.pixel_fragments < frames:
+        raise InvalidInstanceError(
+            f"encapsulated pixel data has {scan.pixel_fragments} fragments for {frames} frames",
+            StoreStatus.CANNOT_UNDERSTAND)
+    return rows, columns
+
+
+def _is_video(ts: UID) -> bool:
+    """Video transfer syntaxes put all frames in one stream (fewer fragments than frames)."""
+    return any(word in ts.name for word in ("MPEG", "HEVC", "H.265", "H.264"))
+
+
+def _scan_full_read(path: Path) -> _Scan:
     ds = dcmread(path)
-    return {tag: str(ds[tag].value) for tag in _WANTED if tag in ds}
+    scan = _Scan(seen=set(ds.keys()))
+    for tag in _WANTED:
+        if tag not in ds:
+            continue
+        value = ds[tag].value
+        if tag in _US_TAGS:
+            scan.numbers[tag] = value if isinstance(value, int) else None
+        else:
+            scan.text[tag] = str(value)
+    if _TAG_PIXEL_DATA in ds:
+        elem = ds[_TAG_PIXEL_DATA]
+        value = elem.value if isinstance(elem.value, bytes) else b""
+        if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            from pydicom.encaps import generate_fragments
+
+            scan.pixel_fragments = max(sum(1 for _ in generate_fragments(value)) - 1, 0)
+        else:
+            scan.pixel_length = len(value)
+    return scan
 
 
-def _walk_elements(path: Path, offset: int, ts: UID) -> dict[Any, str]:
+def _walk_elements(path: Path, offset: int, ts: UID) -> _Scan:
     size = path.stat().st_size
-    values: dict[Any, str] = {}
+    scan = _Scan()
+    order = "<" if ts.is_little_endian else ">"
     last_end = offset
     with open(path, "rb") as fp:
         fp.seek(offset)
@@ -225,30 +356,40 @@ def _walk_elements(path: Path, offset: int, ts: UID) -> dict[Any, str]:
                                            defer_size=_DEFER_BYTES):
             tell = getattr(elem, "value_tell", None)
             length = getattr(elem, "length", None)
+            scan.seen.add(elem.tag)
             if elem.tag in _WANTED and isinstance(elem.value, bytes):
-                values[elem.tag] = elem.value.decode("ascii", "replace")
+                if elem.tag in _US_TAGS:
+                    ok = len(elem.value) == 2
+                    scan.numbers[elem.tag] = struct.unpack(order + "H", elem.value)[0] if ok else None
+                else:
+                    scan.text[elem.tag] = elem.value.decode("ascii", "replace")
             if tell is None:
                 continue
             if length == 0xFFFFFFFF:
                 if getattr(elem, "VR", None) == "SQ" or isinstance(elem.value, list):
                     last_end = max(last_end, fp.tell())
                     continue
-                end = _encapsulated_end(fp, tell, size, ts.is_little_endian)
+                end, items = _encapsulated_end(fp, tell, size, ts.is_little_endian)
+                if elem.tag == _TAG_PIXEL_DATA:
+                    scan.pixel_fragments = max(items - 1, 0)  # the first item is the offset table
                 fp.seek(end)
             else:
                 end = tell + length
+                if elem.tag == _TAG_PIXEL_DATA:
+                    scan.pixel_length = length
             last_end = max(last_end, end)
         if last_end != size:
             raise InvalidInstanceError(
                 f"truncated or trailing bytes: elements end at byte {last_end}, file has {size}",
                 StoreStatus.CANNOT_UNDERSTAND)
-    return values
+    return scan
 
 
-def _encapsulated_end(fp: Any, tell: int, size: int, little_endian: bool) -> int:
-    """Walk the items of an undefined-length value; return the offset after its delimiter."""
+def _encapsulated_end(fp: Any, tell: int, size: int, little_endian: bool) -> tuple[int, int]:
+    """Walk the items of an undefined-length value; return (offset after its delimiter, items)."""
     order = "<" if little_endian else ">"
     pos = tell
+    items = 0
     while True:
         fp.seek(pos)
         head = fp.read(8)
@@ -258,11 +399,12 @@ def _encapsulated_end(fp: Any, tell: int, size: int, little_endian: bool) -> int
         group, elem, length = struct.unpack(order + "HHL", head)
         pos += 8
         if (group, elem) == _SEQ_DELIM:
-            return pos
+            return pos, items
         if (group, elem) != _ITEM or length == 0xFFFFFFFF:
             raise InvalidInstanceError(
                 f"bad item ({group:04X},{elem:04X}) in encapsulated pixel data",
                 StoreStatus.CANNOT_UNDERSTAND)
+        items += 1
         pos += length
         if pos > size:
             raise InvalidInstanceError("encapsulated pixel data fragment runs past end of file",
@@ -307,6 +449,160 @@ class _SpoolChunkFile:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fh, name)
+
+
+class RejectReason(IntEnum):
+    """A-ASSOCIATE-RJ diagnostics the SCP sends (result 1 rejected-permanent, source 1
+    DICOM UL service-user; PS3.8 9.3.4)."""
+
+    #: Calling AE title not recognized.
+    CALLING_AE_TITLE_NOT_RECOGNIZED = 0x03
+    #: Called AE title not recognized.
+    CALLED_AE_TITLE_NOT_RECOGNIZED = 0x07
+
+    @property
+    def text(self) -> str:
+        return self.name.lower().replace("_", " ").replace("ae title", "AE title")
+
+
+#: A-ASSOCIATE-RJ result "rejected-permanent" and source "DICOM UL service-user".
+REJECTED_PERMANENT = 0x01
+SOURCE_SERVICE_USER = 0x01
+
+
+def _normalise_ip(text: str) -> str:
+    """An IP address in canonical form (IPv4-mapped IPv6 becomes IPv4); text if not an IP."""
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Which associations the SCP accepts (AE titles and source hosts).
+
+    Attributes
+    ----------
+    ae_title : str
+        The node's own AE title.
+    require_called_ae_title : bool
+        Reject a called AE title other than `ae_title`.
+    allowed : tuple of (str, frozenset of str or None)
+        Allowed calling AE titles, each with the peer addresses it may come from (``None``:
+        any). Empty: every calling AE title is allowed.
+    """
+
+    ae_title: str
+    require_called_ae_title: bool = True
+    allowed: tuple[tuple[str, frozenset[str] | None], ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "AccessPolicy":
+        """Build the policy; host names in ``AET@host`` entries are resolved now.
+
+        Raises
+        ------
+        ValueError
+            If a host name cannot be resolved (the message names the entry).
+        """
+        allowed = []
+        for entry in settings.allowed_calling_aets:
+            if "@" not in entry:
+                allowed.append((entry.strip(), None))
+                continue
+            ae, _, host = entry.rpartition("@")
+            allowed.append((ae.strip(), frozenset(_resolve(host.strip(), entry))))
+        return cls(ae_title=settings.ae_title.strip(),
+                   require_called_ae_title=settings.require_called_ae_title,
+                   allowed=tuple(allowed))
+
+    def check(self, calling_ae: str, called_ae: str, peer_host: str) -> RejectReason | None:
+        """The reason to reject an association request, or ``None`` to go on."""
+        if self.require_called_ae_title and called_ae.strip() != self.ae_title:
+            return RejectReason.CALLED_AE_TITLE_NOT_RECOGNIZED
+        if not self.allowed:
+            return None
+        calling = calling_ae.strip()
+        host = _normalise_ip(peer_host)
+        for ae, hosts in self.allowed:
+            if ae == calling and (hosts is None or host in hosts):
+                return None
+        return RejectReason.CALLING_AE_TITLE_NOT_RECOGNIZED
+
+
+def _resolve(host: str, entry: str) -> set[str]:
+    if _normalise_ip(host) != host or _is_ip(host):
+        return {_normalise_ip(host)}
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError as exc:
+        raise ValueError(f"allowed_calling_aets entry {entry!r}: cannot resolve host "
+                         f"{host!r}: {exc}") from exc
+    return {_normalise_ip(str(info[4][0])) for info in infos}
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+class _NodeServer(ThreadedAssociationServer):
+    """Association server whose TLS handshake runs in the connection's thread.
+
+    pynetdicom's server wraps each accepted socket in the accept loop, which handshakes
+    there: one silent client would stall every other. Here the socket is wrapped without
+    handshaking; the handshake runs in the connection's own thread with a time limit, and a
+    failure is reported to ``ae.tls_failed(address, exc)`` and the connection closed.
+    """
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            previous = request.gettimeout()
+            try:
+                request.settimeout(getattr(self.ae, "tls_handshake_seconds", 30.0))
+                request.do_handshake()
+                request.settimeout(previous)
+            except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+                hook = getattr(self.ae, "tls_failed", None)
+                if hook is not None:
+                    try:
+                        hook(client_address, exc)
+                    except Exception:  # noqa: BLE001 - reporting must not kill the thread
+                        logger.exception("error while reporting a failed TLS handshake")
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+class _NodeAE(AE):
+    """pynetdicom AE serving through :class:`_NodeServer`."""
+
+    tls_handshake_seconds: float = 30.0
+    tls_failed: Callable[[Any, BaseException], None] | None = None
+
+    def make_server(self, address: Any, ae_title: str | None = None,  # type: ignore[override]
+                    contexts: Any = None, ssl_context: ssl.SSLContext | None = None,
+                    evt_handlers: Any = None, server_class: Any = None,
+                    **kwargs: Any) -> Any:
+        if server_class is None or server_class is ThreadedAssociationServer:
+            server_class = _NodeServer
+        return super().make_server(address, ae_title=ae_title, contexts=contexts,
+                                   ssl_context=ssl_context, evt_handlers=evt_handlers,
+                                   server_class=server_class, **kwargs)
 
 
 _RUNNING: set[int] = set()
@@ -354,6 +650,11 @@ def _failure(status: StoreStatus, comment: str) -> Dataset:
 class _AssocStats:
     calling_ae: str
     peer: str
+    called_ae: str = ""
+    peer_host: str = ""
+    peer_port: int | None = None
+    tls: bool = False
+    tls_peer: str | None = None
     started: float = field(default_factory=time.monotonic)
     stored: int = 0
     failed: int = 0
@@ -378,7 +679,9 @@ class StorageSCP:
     ----------
     settings : Settings
         Uses ``ae_title``, ``host``, ``port`` (0: a free port), ``spool_dir``,
-        ``series_quiet_seconds``, ``allowed_calling_aets`` and ``min_free_bytes``.
+        ``series_quiet_seconds``, ``allowed_calling_aets``, ``require_called_ae_title``,
+        ``min_free_bytes`` and the TLS settings ``tls_cert``, ``tls_key``, ``tls_ca``,
+        ``tls_handshake_seconds``.
     on_series_complete : callable
         Called as ``on_series_complete(ref)`` once per complete series, in the SCP's monitor
         thread. Exceptions are logged and the call is retried later.
@@ -392,6 +695,8 @@ class StorageSCP:
         The TCP port actually bound (valid after :meth:`start`).
     spool : Spool
         The spool instances are written to.
+    audit : AuditLog
+        The audit trail (one record per association).
     """
 
     def __init__(self, settings: Settings, on_series_complete: Callable[[SeriesRef], Any], *,
@@ -400,6 +705,7 @@ class StorageSCP:
         self.on_series_complete = on_series_complete
         self.redispatch_pending = redispatch_pending
         self.spool = Spool(settings.spool_dir)
+        self.audit = AuditLog(settings.spool_dir)
         self.port: int = settings.port
         self._quiet = float(settings.series_quiet_seconds)
         self._ae: AE | None = None
@@ -410,12 +716,19 @@ class StorageSCP:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._policy = AccessPolicy(ae_title=settings.ae_title.strip())  # resolved in start()
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
         """Bind the port and serve in background threads (returns at once)."""
         if self._server is not None:
             raise RuntimeError("StorageSCP is already started")
+        # Raises ValueError (TLSConfigError) for unresolvable hosts or unusable TLS files.
+        self._policy = AccessPolicy.from_settings(self.settings)
+        ssl_context = None
+        if self.settings.tls_cert is not None and self.settings.tls_key is not None:
+            ssl_context = server_context(self.settings.tls_cert, self.settings.tls_key,
+                                         client_ca=self.settings.tls_ca)
         # Stream data sets to a temporary file instead of memory (large tomosynthesis objects).
         # The flag is process-wide; the previous value comes back when the last SCP stops.
         with _RUNNING_LOCK:
@@ -423,16 +736,20 @@ class StorageSCP:
                 _RUNNING_SAVED["chunked"] = _config.STORE_RECV_CHUNKED_DATASET
             _RUNNING.add(id(self))
             _config.STORE_RECV_CHUNKED_DATASET = True
-        ae = AE(ae_title=self.settings.ae_title)
+        ae = _NodeAE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = 0  # unlimited: peers may send large PDUs
-        allowed = list(getattr(self.settings, "allowed_calling_aets", []) or [])
-        if allowed:
-            ae.require_calling_aet = allowed
+        ae.tls_handshake_seconds = float(self.settings.tls_handshake_seconds)
+        ae.tls_failed = self._tls_failed
+        # Access is checked in the EVT_REQUESTED handler (reject reasons 3 and 7, the source
+        # host, one log line and an audit record), not by pynetdicom's require_* options.
+        ae.require_calling_aet = []
+        ae.require_called_aet = False
         syntaxes = decodable_transfer_syntaxes()
         for uid in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(uid, syntaxes)
         ae.add_supported_context(Verification)
         handlers = [
+            (evt.EVT_REQUESTED, self._handle_requested),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
@@ -444,8 +761,13 @@ class StorageSCP:
             stale.unlink(missing_ok=True)
         if _install_chunk_file_factory():
             _CHUNK_DIRS[ae] = self.spool.tmp_dir
-        self._server = ae.start_server((self.settings.host, self.settings.port), block=False,
-                                       evt_handlers=handlers)
+        try:
+            self._server = ae.start_server((self.settings.host, self.settings.port),
+                                           block=False, ssl_context=ssl_context,
+                                           evt_handlers=handlers)
+        except OSError:
+            self._release_chunked_flag()
+            raise
         self._ae = ae
         self.port = int(self._server.server_address[1])
         self._resume_from_spool()
@@ -453,9 +775,10 @@ class StorageSCP:
         self._monitor = threading.Thread(target=self._run_monitor, name="scp-series-monitor",
                                          daemon=True)
         self._monitor.start()
-        logger.info("storage SCP %s listening on %s:%d (spool %s, quiet period %.1f s, "
-                    "%d transfer syntaxes)", self.settings.ae_title, self.settings.host,
-                    self.port, self.spool.root, self._quiet, len(syntaxes))
+        logger.info("storage SCP %s listening on %s:%d (%s; spool %s, quiet period %.1f s, "
+                    "%d transfer syntaxes, %s)", self.settings.ae_title, self.settings.host,
+                    self.port, _tls_text(self.settings), self.spool.root, self._quiet,
+                    len(syntaxes), _access_text(policy))
 
     def stop(self) -> None:
         """Stop listening, abort open associations and stop the monitor thread."""
@@ -463,17 +786,20 @@ class StorageSCP:
             self._ae.shutdown()  # shuts the server down and aborts its associations
         self._server = None
         self._ae = None
-        with _RUNNING_LOCK:
-            if id(self) in _RUNNING:
-                _RUNNING.discard(id(self))
-                if not _RUNNING:
-                    _config.STORE_RECV_CHUNKED_DATASET = _RUNNING_SAVED.get("chunked", False)
+        self._release_chunked_flag()
         self._stop.set()
         self._wake.set()
         if self._monitor is not None:
             self._monitor.join(timeout=30)
             self._monitor = None
         logger.info("storage SCP %s stopped", self.settings.ae_title)
+
+    def _release_chunked_flag(self) -> None:
+        with _RUNNING_LOCK:
+            if id(self) in _RUNNING:
+                _RUNNING.discard(id(self))
+                if not _RUNNING:
+                    _config.STORE_RECV_CHUNKED_DATASET = _RUNNING_SAVED.get("chunked", False)
 
     def __enter__(self) -> "StorageSCP":
         self.start()
@@ -667,22 +993,58 @@ class StorageSCP:
         with self._lock:
             return self._assocs.get(id(assoc))
 
+    def _handle_requested(self, event: Any) -> None:
+        """A-ASSOCIATE-RQ received: reject it here if the AE titles or host are not allowed."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        host, port = str(assoc.requestor.address), assoc.requestor.port
+        reason = self._policy.check(calling, called, host)
+        if reason is None:
+            return
+        assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(reason))
+        sock = _socket_of(assoc)
+        logger.warning("association from %s (%s:%s) to %s rejected: %s (A-ASSOCIATE-RJ "
+                       "rejected-permanent, service-user, reason %d)", calling, host, port,
+                       called, reason.text, int(reason))
+        self._audit_association(calling_ae=calling, called_ae=called, peer_host=host,
+                                peer_port=port, tls=isinstance(sock, ssl.SSLSocket),
+                                tls_peer=peer_subject(sock), outcome="rejected",
+                                detail=f"{reason.text} (reason {int(reason)})")
+        assoc.kill()  # waits until the reject is sent, as pynetdicom's own rejects do
+
     def _handle_accepted(self, event: Any) -> None:
-        requestor = event.assoc.requestor
+        assoc = event.assoc
+        requestor = assoc.requestor
+        sock = _socket_of(assoc)
+        request = requestor.primitive
         stats = _AssocStats(calling_ae=str(requestor.ae_title).strip(),
-                            peer=f"{requestor.address}:{requestor.port}")
+                            peer=f"{requestor.address}:{requestor.port}",
+                            called_ae=str(getattr(request, "called_ae_title", "")).strip(),
+                            peer_host=str(requestor.address), peer_port=requestor.port,
+                            tls=isinstance(sock, ssl.SSLSocket), tls_peer=peer_subject(sock))
         with self._lock:
-            self._assocs[id(event.assoc)] = stats
-        for cx in event.assoc.rejected_contexts:
+            self._assocs[id(assoc)] = stats
+        for cx in assoc.rejected_contexts:
             name = ACCEPTED_SOP_CLASSES.get(cx.abstract_syntax) or UID(cx.abstract_syntax).name
             logger.warning("association from %s (%s): refused presentation context for %s "
                            "(%s)", stats.calling_ae, stats.peer, name,
                            ", ".join(UID(ts).name for ts in cx.transfer_syntax))
 
     def _handle_rejected(self, event: Any) -> None:
+        """Rejects made by pynetdicom itself (e.g. too many associations)."""
         requestor = event.assoc.requestor
-        logger.warning("association from %s (%s:%s) rejected", str(requestor.ae_title).strip(),
-                       requestor.address, requestor.port)
+        request = requestor.primitive
+        calling = str(getattr(request, "calling_ae_title", "")).strip()
+        called = str(getattr(request, "called_ae_title", "")).strip()
+        logger.warning("association from %s (%s:%s) to %s rejected by pynetdicom", calling,
+                       requestor.address, requestor.port, called)
+        sock = _socket_of(event.assoc)
+        self._audit_association(calling_ae=calling, called_ae=called,
+                                peer_host=str(requestor.address), peer_port=requestor.port,
+                                tls=isinstance(sock, ssl.SSLSocket), outcome="rejected",
+                                detail="rejected by pynetdicom (e.g. too many associations)")
 
     def _handle_released(self, event: Any) -> None:
         self._set_outcome(event.assoc, "released")
@@ -701,6 +1063,43 @@ class StorageSCP:
         if stats is None:
             return
         seconds = time.monotonic() - stats.started
-        logger.info("association from %s (%s) %s: %d stored, %d failed, %.1f MB in %.2f s",
-                    stats.calling_ae, stats.peer, stats.outcome, stats.stored, stats.failed,
-                    stats.nbytes / 1e6, seconds)
+        logger.info("association from %s (%s%s) %s: %d stored, %d failed, %.1f MB in %.2f s",
+                    stats.calling_ae, stats.peer, ", TLS" if stats.tls else "", stats.outcome,
+                    stats.stored, stats.failed, stats.nbytes / 1e6, seconds)
+        self._audit_association(calling_ae=stats.calling_ae, called_ae=stats.called_ae,
+                                peer_host=stats.peer_host, peer_port=stats.peer_port,
+                                tls=stats.tls, tls_peer=stats.tls_peer, stored=stats.stored,
+                                failed=stats.failed, outcome=stats.outcome,
+                                nbytes=stats.nbytes, seconds=seconds)
+
+    def _tls_failed(self, address: Any, exc: BaseException) -> None:
+        host, port = (address[0], address[1]) if isinstance(address, tuple) else (address, None)
+        detail = f"{type(exc).__name__}: {exc}"
+        logger.warning("TLS handshake with %s:%s failed: %s", host, port, detail)
+        self._audit_association(calling_ae="", called_ae="", peer_host=str(host),
+                                peer_port=port, tls=True, outcome="tls handshake failed",
+                                detail=detail[:300])
+
+    def _audit_association(self, **fields: Any) -> None:
+        try:
+            self.audit.association(**fields)
+        except OSError as exc:
+            logger.error("cannot write the audit trail in %s: %s", self.audit.directory, exc)
+
+
+def _socket_of(assoc: Any) -> Any:
+    """The association's network socket (an ``ssl.SSLSocket`` under TLS), or ``None``."""
+    return getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+
+
+def _tls_text(settings: Settings) -> str:
+    if settings.tls_cert is None:
+        return "plain TCP"
+    return "DICOM TLS" + (", client certificates required" if settings.tls_ca else "")
+
+
+def _access_text(policy: AccessPolicy) -> str:
+    called = "called AE title checked" if policy.require_called_ae_title else "any called AE title"
+    if not policy.allowed:
+        return f"{called}, any calling AE title"
+    return f"{called}, {len(policy.allowed)} allowed calling AE title(s)"
