@@ -56,7 +56,7 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("pynetdicom", "celery", "kombu", "amqp"):
+    for noisy in ("pynetdicom", "celery", "kombu", "amqp", "highdicom"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 

@@ -148,6 +148,12 @@ class Orthanc:
         return dest
 
 
+def _destination(text: str) -> dict[str, Any]:
+    ae, rest = text.split("@", 1)
+    host, port = rest.rsplit(":", 1)
+    return {"ae_title": ae, "host": host, "port": int(port)}
+
+
 class NodeProcess:
     """``picard-node serve`` (and optionally a separate ``picard-node worker``) as processes."""
 
@@ -159,11 +165,14 @@ class NodeProcess:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PICARD_")}
         self.env.update(extra_env or {})
         self.env["PYTHONPATH"] = str(REPO_ROOT)
+        # one config file shared by the node and its workers, as on a real site
+        config = {"spool_dir": str(self.spool), "series_quiet_seconds": quiet_seconds,
+                  "destinations": [_destination(d) for d in destinations]}
         if broker_url:
-            self.env["PICARD_BROKER_URL"] = broker_url
-        self.args = ["--spool-dir", str(self.spool), "--quiet-seconds", str(quiet_seconds)]
-        for d in destinations:
-            self.args += ["--destination", d]
+            config["broker_url"] = broker_url
+        self.config_path = workdir / "picard-node.yaml"
+        self.config_path.write_text(json.dumps(config, indent=1))
+        self.args = ["--config", str(self.config_path)]
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
@@ -181,10 +190,9 @@ class NodeProcess:
         wait_for_port(self.port, proc=self.proc)
 
     def start_worker(self, queues: str = "gpu,io") -> subprocess.Popen:
-        spool_args = ["--spool-dir", str(self.spool)]
         worker = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "worker", "--queues", queues, "--pool", "solo",
-             *spool_args],
+             *self.args],
             stdout=open(self.workdir / f"worker{len(self.workers)}.log", "a"),
             stderr=subprocess.STDOUT, env=self.env, cwd=REPO_ROOT, start_new_session=True)
         self.workers.append(worker)
