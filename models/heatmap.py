@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HeatmapConfig", "INTENSITY_MODES", "WindowScorer", "centred_mask",
-           "normalize_windows", "sliding_window_heatmap", "upsample_scores", "window_origins"]
+__all__ = ["HeatmapConfig", "INTENSITY_MODES", "SliceWindows", "WindowScorer", "centred_mask",
+           "normalize_windows", "prepare_slice", "sliding_window_heatmap", "upsample_scores",
+           "window_origins"]
 
 #: (windows (B, 1, w, w) in [-1, 1], mask (1, 1, w, w)) -> scores (B,)
 WindowScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -168,6 +169,68 @@ def upsample_scores(grid: np.ndarray, shape: tuple[int, int], *, window: int,
     return np.clip(out[0, 0].numpy(), 0.0, None).astype(np.float32)
 
 
+@dataclass
+class SliceWindows:
+    """A slice padded to whole strides, its window grid and each hole's tissue fraction.
+
+    Attributes
+    ----------
+    padded : torch.Tensor
+        (PH, PW) float32 image, zero (air) padded at the bottom and right.
+    ys, xs : numpy.ndarray
+        Window top-left rows and columns (grid axes).
+    fraction : numpy.ndarray
+        (len(ys), len(xs)) tissue fraction of each window's hole.
+    shape : tuple of int
+        (H, W) of the unpadded image.
+    """
+
+    padded: torch.Tensor
+    ys: np.ndarray
+    xs: np.ndarray
+    fraction: np.ndarray
+    shape: tuple[int, int]
+
+    def windows(self, idx: np.ndarray, window: int) -> torch.Tensor:
+        """Windows (B, 1, window, window) in image units at grid positions ``idx`` (B, 2)."""
+        p, ys, xs = self.padded, self.ys, self.xs
+        return torch.stack([p[ys[i]:ys[i] + window, xs[j]:xs[j] + window]
+                            for i, j in idx]).unsqueeze(1)
+
+
+def prepare_slice(image: np.ndarray, config: HeatmapConfig, *,
+                  device: torch.device | str = "cpu") -> SliceWindows:
+    """Pad ``image`` (H, W) in [0, 1] and measure the tissue fraction of every window's hole.
+
+    Images that do not fit a whole number of strides (or are smaller than the window) are
+    padded at the bottom and right with 0 (air).
+    """
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2D (H, W), got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values")
+    h, w = image.shape
+    cfg = config
+    ph, pw = _padded_length(h, cfg.window, cfg.stride), _padded_length(w, cfg.window, cfg.stride)
+    padded = torch.zeros(ph, pw, dtype=torch.float32, device=device)
+    padded[:h, :w] = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)
+
+    ys = window_origins(ph, cfg.window, cfg.stride)
+    xs = window_origins(pw, cfg.window, cfg.stride)
+
+    # tissue fraction of each hole, from an integral image (cheap for all positions)
+    a = (cfg.window - cfg.hole) // 2
+    tissue = (padded > cfg.tissue_level).to(torch.float64)
+    integral = F.pad(tissue.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    y0 = torch.as_tensor(ys + a, device=device)
+    x0 = torch.as_tensor(xs + a, device=device)
+    y1, x1 = y0 + cfg.hole, x0 + cfg.hole
+    counts = (integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0]
+              + integral[y0][:, x0])
+    fraction = (counts / float(cfg.hole * cfg.hole)).cpu().numpy()
+    return SliceWindows(padded=padded, ys=ys, xs=xs, fraction=fraction, shape=(h, w))
+
+
 def sliding_window_heatmap(
     image: np.ndarray,
     scorer: WindowScorer,
@@ -175,6 +238,7 @@ def sliding_window_heatmap(
     *,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    stats: dict[str, int] | None = None,
 ) -> np.ndarray:
     """Score every window position of a 2D image and upsample to an (H, W) heatmap.
 
@@ -192,45 +256,31 @@ def sliding_window_heatmap(
         Where windows are assembled.
     progress : callable, optional
         Called as ``progress(done_windows, total_windows)`` after each batch.
+    stats : dict, optional
+        Incremented in place: ``windows_total`` (grid positions) and ``windows_tissue``
+        (positions whose hole holds enough tissue, i.e. the windows scored).
 
     Returns
     -------
     np.ndarray
         (H, W) float32 scores (0 where every covering window was skipped).
     """
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2D (H, W), got shape {image.shape}")
-    if not np.isfinite(image).all():
-        raise ValueError("image contains NaN or infinite values")
-    h, w = image.shape
     cfg = config
-    ph, pw = _padded_length(h, cfg.window, cfg.stride), _padded_length(w, cfg.window, cfg.stride)
-    padded = torch.zeros(ph, pw, dtype=torch.float32, device=device)
-    padded[:h, :w] = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)
-
-    ys = window_origins(ph, cfg.window, cfg.stride)
-    xs = window_origins(pw, cfg.window, cfg.stride)
-    grid = np.zeros((len(ys), len(xs)), dtype=np.float32)
-
-    # tissue fraction of each hole, from an integral image (cheap for all positions)
-    a = (cfg.window - cfg.hole) // 2
-    tissue = (padded > cfg.tissue_level).to(torch.float64)
-    integral = F.pad(tissue.cumsum(0).cumsum(1), (1, 0, 1, 0))
-    y0 = torch.as_tensor(ys + a, device=device)
-    x0 = torch.as_tensor(xs + a, device=device)
-    y1, x1 = y0 + cfg.hole, x0 + cfg.hole
-    counts = (integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0]
-              + integral[y0][:, x0])
-    fraction = (counts / float(cfg.hole * cfg.hole)).cpu().numpy()
-    todo = np.argwhere(fraction >= cfg.min_tissue_fraction)
+    sw = prepare_slice(image, cfg, device=device)
+    h, w = sw.shape
+    ph, pw = sw.padded.shape
+    grid = np.zeros(sw.fraction.shape, dtype=np.float32)
+    todo = np.argwhere(sw.fraction >= cfg.min_tissue_fraction)
     total = len(todo)
     logger.debug("heatmap %dx%d: %d of %d windows scored", h, w, total, grid.size)
+    if stats is not None:
+        stats["windows_total"] = stats.get("windows_total", 0) + int(grid.size)
+        stats["windows_tissue"] = stats.get("windows_tissue", 0) + total
 
     mask = centred_mask(cfg.window, cfg.hole, device=device)
     for start in range(0, total, cfg.batch_size):
         idx = todo[start:start + cfg.batch_size]
-        batch = torch.stack([padded[ys[i]:ys[i] + cfg.window, xs[j]:xs[j] + cfg.window]
-                             for i, j in idx]).unsqueeze(1)
+        batch = sw.windows(idx, cfg.window)
         scores = scorer(normalize_windows(batch, cfg.intensity), mask)
         if scores.shape != (len(idx),):
             raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected ({len(idx)},)")

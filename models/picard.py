@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -24,12 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from models import bundle as _bundle
-from models.heatmap import HeatmapConfig, sliding_window_heatmap
+from models import fast as _fast
+from models.fast import INFERENCE_KEYS, InferenceConfig, InferenceStats
+from models.heatmap import HeatmapConfig, prepare_slice, sliding_window_heatmap, upsample_scores
 from models.networks import CompletionNetwork, Critic, count_parameters
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Picard", "resolve_device", "HEATMAP_OVERRIDES"]
+__all__ = ["Picard", "resolve_device", "HEATMAP_OVERRIDES", "INFERENCE_KEYS"]
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 SPACES = ("image", "feature")
@@ -135,6 +139,10 @@ class Picard:
         self.local_critic = local_critic.to(self.device).eval().requires_grad_(False)
         self.global_critic = (global_critic.to(self.device).eval().requires_grad_(False)
                               if global_critic is not None else None)
+        #: work counters of the last :meth:`heatmap` / :meth:`score_volume` call
+        self.last_stats: InferenceStats | None = None
+        self._compiled: Callable[..., torch.Tensor] | None = None
+        InferenceConfig.from_card(self.card)  # fail early on a bad "inference" entry
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -322,27 +330,69 @@ class Picard:
         x, mask = self._check_inputs(windows, mask)
         comps = self.complete(x, mask, m, dropout, p=p, layers=layers)  # (N, M, 1, H, W)
         with torch.inference_mode():
-            if space == "image":
-                diff = (comps - x.unsqueeze(1)) * mask.unsqueeze(1)
-                dist = diff.flatten(2).norm(dim=2)
-            else:
-                (y0, y1), (x0, x1) = _hole_box(mask)
-                n = x.shape[0]
-                real = self.critic_features(x[:, :, y0:y1, x0:x1])  # (N, D)
-                fake = self.critic_features(comps.flatten(0, 1)[:, :, y0:y1, x0:x1])
-                dist = (fake.view(n, m, -1) - real.unsqueeze(1)).norm(dim=2)
+            dist = self._distances(x, mask, comps, space)
             if reduce == "min":
                 return dist.min(dim=1).values
             if reduce == "mean":
                 return dist.mean(dim=1)
             return dist.median(dim=1).values
 
+    def _distances(self, x: torch.Tensor, mask: torch.Tensor, comps: torch.Tensor,
+                   space: str) -> torch.Tensor:
+        """(N, M) distances between the windows ``x`` and their completions ``comps``."""
+        m = comps.shape[1]
+        if space == "image":
+            diff = (comps - x.unsqueeze(1)) * mask.unsqueeze(1)
+            return diff.flatten(2).norm(dim=2)
+        (y0, y1), (x0, x1) = _hole_box(mask)
+        n = x.shape[0]
+        real = self.critic_features(x[:, :, y0:y1, x0:x1])  # (N, D)
+        fake = self.critic_features(comps.flatten(0, 1)[:, :, y0:y1, x0:x1])
+        return (fake.view(n, m, -1) - real.unsqueeze(1)).norm(dim=2)
+
+    def sample_distances(self, windows: torch.Tensor, mask: torch.Tensor, m: int, *,
+                         dropout: bool = True, space: str = "image", p: float | None = None,
+                         share_conv1: bool = True, compiled: bool = False) -> torch.Tensor:
+        """(N, m) distances of ``m`` fresh completions per window (fast-mode primitive).
+
+        With ``share_conv1`` the coarse ``conv1`` runs once per window
+        (:func:`models.fast.complete_shared`); the completions equal :meth:`complete`'s.
+        Runs under the caller's autocast / inference mode.
+        """
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        x, mask = self._check_inputs(windows, mask)
+        drop = self.card["dropout"]
+        if not share_conv1:
+            comps = self.complete(x, mask, m, dropout, p=p)
+        else:
+            self.generator.set_dropout(drop["layers"] if dropout else None,
+                                       drop["p"] if p is None else p)
+            forward = self._compiled_forward() if compiled else None
+            with torch.inference_mode():
+                comps = _fast.complete_shared(self.generator, x, mask, m,
+                                              windows_per_pass=self.card["batch_size"],
+                                              forward=forward)
+        with torch.inference_mode():
+            return self._distances(x, mask, comps.to(x.dtype), space).float()
+
+    def _compiled_forward(self) -> Callable[..., torch.Tensor]:
+        if self._compiled is None:
+            self._compiled = torch.compile(_fast._shared_forward, dynamic=True)
+        return self._compiled
+
     # ------------------------------------------------------------------ heatmaps
+    def inference_config(self, mode: str | None = None, **switches: Any) -> InferenceConfig:
+        """The card's ``"inference"`` entry (default mode ``fast``) with ``mode`` and
+        ``switches`` (:data:`models.fast.INFERENCE_KEYS`) applied."""
+        return InferenceConfig.from_card(self.card, mode=mode, **switches)
+
     def _settings(self, overrides: dict[str, Any]) -> tuple[HeatmapConfig, dict[str, Any]]:
-        unknown = set(overrides) - set(HEATMAP_OVERRIDES)
+        allowed = set(HEATMAP_OVERRIDES) | set(INFERENCE_KEYS)
+        unknown = set(overrides) - allowed
         if unknown:
             raise ValueError(f"unknown heatmap settings {sorted(unknown)}; "
-                             f"allowed: {list(HEATMAP_OVERRIDES)}")
+                             f"allowed: {list(HEATMAP_OVERRIDES) + list(INFERENCE_KEYS)}")
         card = self.card
         get = lambda key, default: overrides.get(key, default)  # noqa: E731
         config = HeatmapConfig(
@@ -369,7 +419,8 @@ class Picard:
             torch.manual_seed(seed)
             yield
 
-    def heatmap(self, image: np.ndarray, *, progress: Callable[[int, int], None] | None = None,
+    def heatmap(self, image: np.ndarray, *, mode: str | None = None,
+                progress: Callable[[int, int], None] | None = None,
                 **overrides: Any) -> np.ndarray:
         """Sliding-window MCD heatmap of one slice.
 
@@ -377,17 +428,35 @@ class Picard:
         ----------
         image : np.ndarray
             (H, W) in [0, 1], already at ``card["pixel_spacing_mm"]``.
+        mode : {"fast", "exact"}, optional
+            Default: the card's ``inference.mode``, else ``fast`` (:mod:`models.fast`).
+            ``exact`` is the paper's procedure.
         progress : callable, optional
-            ``progress(done_windows, total_windows)``.
+            ``progress(done_windows, total_windows)`` after each batch (exact) or pass (fast).
         **overrides
-            Any of :data:`HEATMAP_OVERRIDES` (``M``, ``p``, ``metric``, ``stride``, ...);
+            Any of :data:`HEATMAP_OVERRIDES` (``M``, ``p``, ``metric``, ``stride``, ...)
+            or of :data:`models.fast.INFERENCE_KEYS` (fast-mode switches);
             ``seed`` (default 0, ``None`` = unseeded) fixes the dropout draws.
 
         Returns
         -------
         np.ndarray
-            (H, W) float32 scores.
+            (H, W) float32 scores. Work counters in :attr:`last_stats`.
         """
+        switches = {k: overrides.pop(k) for k in list(overrides) if k in INFERENCE_KEYS}
+        icfg = self.inference_config(mode, **switches)
+        stats = InferenceStats(mode=icfg.mode, slices_total=1, slices_scored=1,
+                               config=icfg.as_dict())
+        t0 = time.perf_counter()
+        try:
+            return self._heatmap(image, icfg, stats, progress, overrides)
+        finally:
+            stats.seconds = time.perf_counter() - t0
+            self.last_stats = stats
+
+    def _heatmap(self, image: np.ndarray, icfg: InferenceConfig, stats: InferenceStats,
+                 progress: Callable[[int, int], None] | None,
+                 overrides: dict[str, Any]) -> np.ndarray:
         config, s = self._settings(overrides)
         image = np.asarray(image)
         if image.ndim != 2:
@@ -395,72 +464,149 @@ class Picard:
         if config.intensity == "fixed" and image.size and (image.min() < -1e-6 or image.max() > 1 + 1e-6):
             raise ValueError(f"image values must lie in [0, 1], got [{image.min()}, {image.max()}]")
 
-        def scorer(windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return self.mcd(windows, mask, s["m"], s["dropout"], s["space"], s["reduce"], p=s["p"])
+        timer = _fast.Timer(self.device)
+        if icfg.mode == "exact":
+            def scorer(windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                with timer():
+                    out = self.mcd(windows, mask, s["m"], s["dropout"], s["space"],
+                                   s["reduce"], p=s["p"])
+                stats.windows_computed += int(windows.shape[0])
+                stats.completions += int(windows.shape[0]) * s["m"]
+                return out
 
-        with self._seeded(s["seed"]):
-            return sliding_window_heatmap(image, scorer, config, device=self.device,
-                                          progress=progress)
+            counts: dict[str, int] = {}
+            try:
+                with self._seeded(s["seed"]):
+                    return sliding_window_heatmap(image, scorer, config, device=self.device,
+                                                  progress=progress, stats=counts)
+            finally:
+                stats.windows_total += counts.get("windows_total", 0)
+                stats.windows_tissue += counts.get("windows_tissue", 0)
+                stats.generator_seconds += timer.seconds
+
+        def sample_distances(windows: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+            with timer():
+                return self.sample_distances(windows, mask, k, dropout=s["dropout"],
+                                             space=s["space"], p=s["p"],
+                                             share_conv1=icfg.share_conv1,
+                                             compiled=icfg.compile)
+
+        try:
+            with self._seeded(s["seed"]), _fast.runtime(self.generator, self.device, icfg):
+                sw = prepare_slice(image, config, device=self.device)
+                grid = _fast.fast_slice_grid(sw, sample_distances, config, icfg, m=s["m"],
+                                             reduce=s["reduce"], stats=stats,
+                                             device=self.device, progress=progress)
+        finally:
+            stats.generator_seconds += timer.seconds
+        ph, pw = sw.padded.shape
+        heat = upsample_scores(grid, (ph, pw), window=config.window, stride=config.stride)
+        return heat[:sw.shape[0], :sw.shape[1]]
 
     def score_volume(self, volume: np.ndarray, *,
                      pixel_spacing_mm: float | tuple[float, float],
                      progress: Callable[[int, int], None] | None = None,
-                     slice_step: int = 1, **overrides: Any) -> np.ndarray:
+                     slice_step: int | None = None, mode: str | None = None,
+                     value_scale: float | None = None, out: np.ndarray | None = None,
+                     **overrides: Any) -> np.ndarray:
         """Heatmap of every slice of a volume, on the volume's own grid.
 
         Each scored slice is resampled (antialiased bilinear) from ``pixel_spacing_mm`` to
         ``card["pixel_spacing_mm"]``, scored with :meth:`heatmap` and resampled back.
-        Slices are processed one at a time; only the output array is allocated in full.
+        Slices are streamed: one is converted to float32 at a time (the next one is
+        prepared in a background thread with ``prefetch``); only the output is allocated
+        in full (or pass ``out``, e.g. a memory map).
 
         Parameters
         ----------
         volume : np.ndarray
-            (Z, H, W) in [0, 1].
+            (Z, H, W) in [0, 1], or integer stored values with ``value_scale``.
         pixel_spacing_mm : float or (float, float)
             In-plane spacing (row, column) of ``volume``.
         progress : callable, optional
             ``progress(done_slices, total_scored_slices)``.
-        slice_step : int
+        slice_step : int, optional
             Score every ``slice_step``-th slice (and the last one); the others are
-            interpolated linearly along z.
+            interpolated linearly along z. Default: 1 in exact mode, the card's
+            ``inference.slice_step`` (4) in fast mode.
+        mode : {"fast", "exact"}, optional
+            As :meth:`heatmap`.
+        value_scale : float, optional
+            Multiply each slice by this (e.g. ``1 / 65535``); required for integer volumes.
+        out : np.ndarray, optional
+            (Z, H, W) float32 array to write into (returned).
         **overrides
             As :meth:`heatmap`.
 
         Returns
         -------
         np.ndarray
-            (Z, H, W) float32.
+            (Z, H, W) float32. Work counters in :attr:`last_stats`.
         """
         if volume.ndim != 3:
             raise ValueError(f"volume must be (Z, H, W), got shape {volume.shape}")
+        switches = {k: overrides.pop(k) for k in list(overrides) if k in INFERENCE_KEYS}
+        icfg = self.inference_config(mode, **switches)
+        if slice_step is None:
+            slice_step = icfg.slice_step if icfg.mode == "fast" else 1
         if not isinstance(slice_step, int) or slice_step < 1:
             raise ValueError(f"slice_step must be an integer >= 1, got {slice_step!r}")
+        if np.issubdtype(volume.dtype, np.integer) and value_scale is None:
+            raise ValueError(f"volume has integer dtype {volume.dtype}: pass value_scale "
+                             "(e.g. 1 / maximum stored value) to map it to [0, 1]")
+        if value_scale is not None and not value_scale > 0:
+            raise ValueError(f"value_scale must be > 0, got {value_scale!r}")
         spacing = ((float(pixel_spacing_mm),) * 2 if np.isscalar(pixel_spacing_mm)
                    else tuple(float(v) for v in pixel_spacing_mm))
         if len(spacing) != 2 or min(spacing) <= 0:
             raise ValueError(f"pixel_spacing_mm must be > 0 (row, col), got {pixel_spacing_mm!r}")
         self._settings(overrides)  # fail early on bad overrides
         z, h, w = volume.shape
+        if out is None:
+            out = np.zeros((z, h, w), dtype=np.float32)
+        elif out.shape != volume.shape or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {volume.shape}, got {out.dtype} {out.shape}")
         target = float(self.card["pixel_spacing_mm"])
         size = (max(1, round(h * spacing[0] / target)), max(1, round(w * spacing[1] / target)))
         scored = list(range(0, z, slice_step))
         if scored and scored[-1] != z - 1:
             scored.append(z - 1)
-        out = np.zeros((z, h, w), dtype=np.float32)
-        logger.info("scoring %d of %d slices, %dx%d -> %dx%d px at %.3f mm", len(scored), z,
-                    h, w, size[0], size[1], target)
-        prev: int | None = None
-        for done, k in enumerate(scored, start=1):
-            img = _resample(np.asarray(volume[k], dtype=np.float32), size)
-            heat = self.heatmap(np.clip(img, 0.0, 1.0), **overrides)
-            out[k] = _resample(heat, (h, w))
-            if prev is not None and k - prev > 1:
-                for j in range(prev + 1, k):
-                    t = (j - prev) / (k - prev)
-                    out[j] = (1.0 - t) * out[prev] + t * out[k]
-            prev = k
-            if progress is not None:
-                progress(done, len(scored))
+        logger.info("scoring %d of %d slices (%s), %dx%d -> %dx%d px at %.3f mm", len(scored),
+                    z, icfg.mode, h, w, size[0], size[1], target)
+        config = icfg.as_dict()
+        config["slice_step"] = slice_step
+        stats = InferenceStats(mode=icfg.mode, slices_total=z, slices_scored=len(scored),
+                               config=config)
+
+        def load(k: int) -> np.ndarray:
+            img = np.asarray(volume[k], dtype=np.float32)
+            if value_scale is not None:
+                img = img * np.float32(value_scale)
+            return np.clip(_resample(img, size), 0.0, 1.0)
+
+        t0 = time.perf_counter()
+        pool = ThreadPoolExecutor(max_workers=1) if icfg.prefetch and len(scored) > 1 else None
+        try:
+            pending = pool.submit(load, scored[0]) if pool and scored else None
+            prev: int | None = None
+            for done, k in enumerate(scored, start=1):
+                img = pending.result() if pending is not None else load(k)
+                if pool is not None and done < len(scored):
+                    pending = pool.submit(load, scored[done])
+                heat = self._heatmap(img, icfg, stats, None, dict(overrides))
+                out[k] = _resample(heat, (h, w))
+                if prev is not None and k - prev > 1:
+                    for j in range(prev + 1, k):
+                        t = (j - prev) / (k - prev)
+                        out[j] = (1.0 - t) * out[prev] + t * out[k]
+                prev = k
+                if progress is not None:
+                    progress(done, len(scored))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            stats.seconds = time.perf_counter() - t0
+            self.last_stats = stats
         return out
 
 
