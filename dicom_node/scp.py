@@ -778,7 +778,7 @@ class StorageSCP:
         logger.info("storage SCP %s listening on %s:%d (%s; spool %s, quiet period %.1f s, "
                     "%d transfer syntaxes, %s)", self.settings.ae_title, self.settings.host,
                     self.port, _tls_text(self.settings), self.spool.root, self._quiet,
-                    len(syntaxes), _access_text(policy))
+                    len(syntaxes), _access_text(self._policy))
 
     def stop(self) -> None:
         """Stop listening, abort open associations and stop the monitor thread."""

@@ -5,18 +5,27 @@ streams each file as stored (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``: no dec
 re-encoding) and raises :class:`ExportError` unless **every** response status is
 ``0x0000`` — warnings such as ``0xB000`` (coercion of data elements) count as failures,
 because the stored object may differ from ours.
+
+Both :func:`send_datasets` and :func:`echo` speak DICOM TLS when given ``tls`` (pynetdicom's
+``(ssl_context, server_hostname)``); :func:`send_to_destination` and
+:func:`echo_destination` build it from a configured
+:class:`~dicom_node.config.Destination` (see :func:`dicom_node.tls.destination_tls_args`).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification
+
+from dicom_node.tls import destination_tls_args
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +71,8 @@ def _file_contexts(paths: Sequence[Path]) -> list[tuple[Path, UID, UID]]:
 
 
 def send_datasets(paths: Sequence[Path | str], *, ae_title: str, host: str, port: int,
-                  calling_ae_title: str, timeout: float = 60.0) -> None:
+                  calling_ae_title: str, timeout: float = 60.0,
+                  tls: tuple[ssl.SSLContext, str] | None = None) -> None:
     """Send DICOM files to a storage SCP over one association.
 
     Parameters
@@ -79,6 +89,9 @@ def send_datasets(paths: Sequence[Path | str], *, ae_title: str, host: str, port
         Our AE title, e.g. ``"PICARD"``.
     timeout : float, optional
         Seconds for association setup, each response and network inactivity. Default 60.
+    tls : tuple of (ssl.SSLContext, str), optional
+        Use DICOM TLS: the client context and the name the peer's certificate must carry
+        (see :func:`dicom_node.tls.client_context`). Default ``None``: plain TCP.
 
     Raises
     ------
@@ -101,11 +114,10 @@ def send_datasets(paths: Sequence[Path | str], *, ae_title: str, host: str, port
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in pairs]
-    peer = f"{ae_title}@{host}:{port}"
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    peer = f"{ae_title}@{host}:{port}" + (" (TLS)" if tls else "")
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls)
     if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        raise ExportError(f"association with {peer} {reason}")
+        raise ExportError(f"association with {peer} {_failure_text(assoc)}")
     failures: dict[str, int | None] = {}
     try:
         for path, sop, ts in items:
@@ -137,8 +149,8 @@ def send_datasets(paths: Sequence[Path | str], *, ae_title: str, host: str, port
 
 
 def echo(ae_title: str, host: str, port: int, *, calling_ae_title: str = "PICARD",
-         timeout: float = 10.0) -> None:
-    """C-ECHO a peer.
+         timeout: float = 10.0, tls: tuple[ssl.SSLContext, str] | None = None) -> None:
+    """C-ECHO a peer (over DICOM TLS when `tls` is given, as in :func:`send_datasets`).
 
     Raises
     ------
@@ -148,10 +160,10 @@ def echo(ae_title: str, host: str, port: int, *, calling_ae_title: str = "PICARD
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
-    peer = f"{ae_title}@{host}:{port}"
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    peer = f"{ae_title}@{host}:{port}" + (" (TLS)" if tls else "")
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls)
     if not assoc.is_established:
-        raise ExportError(f"association with {peer} for C-ECHO failed")
+        raise ExportError(f"association with {peer} for C-ECHO {_failure_text(assoc)}")
     try:
         response = assoc.send_c_echo()
     finally:
@@ -161,3 +173,42 @@ def echo(ae_title: str, host: str, port: int, *, calling_ae_title: str = "PICARD
     if status != 0x0000:
         raise ExportError(f"C-ECHO to {peer} answered "
                           f"{'no status' if status is None else f'0x{status:04X}'}", status=status)
+
+
+def _failure_text(assoc: Any) -> str:
+    """Why an association did not come up, with the A-ASSOCIATE-RJ reason when rejected."""
+    if assoc.is_rejected:
+        primitive = getattr(assoc.acceptor, "primitive", None)
+        reason = getattr(primitive, "reason_str", None) if primitive is not None else None
+        return f"rejected ({reason})" if reason else "rejected"
+    if assoc.is_aborted:
+        return "aborted"
+    return "failed (connection refused, TLS handshake or timeout)"
+
+
+def send_to_destination(paths: Sequence[Path | str], destination: Any, *,
+                        calling_ae_title: str, timeout: float = 60.0) -> None:
+    """:func:`send_datasets` to a configured :class:`~dicom_node.config.Destination`.
+
+    Uses its ``ae_title``, ``host``, ``port`` and TLS settings (``tls``, ``tls_ca``,
+    ``tls_cert``, ``tls_key``, ``tls_server_name``, ``tls_check_hostname``).
+
+    Raises
+    ------
+    ValueError
+        As :func:`send_datasets`; also :class:`dicom_node.tls.TLSConfigError` when a TLS
+        file cannot be used.
+    ExportError
+        As :func:`send_datasets`.
+    """
+    send_datasets(paths, ae_title=destination.ae_title, host=destination.host,
+                  port=destination.port, calling_ae_title=calling_ae_title, timeout=timeout,
+                  tls=destination_tls_args(destination))
+
+
+def echo_destination(destination: Any, *, calling_ae_title: str = "PICARD",
+                     timeout: float = 10.0) -> None:
+    """:func:`echo` a configured :class:`~dicom_node.config.Destination` (TLS if set)."""
+    echo(destination.ae_title, destination.host, destination.port,
+         calling_ae_title=calling_ae_title, timeout=timeout,
+         tls=destination_tls_args(destination))
