@@ -12,9 +12,8 @@ import re
 import threading
 from pathlib import Path
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.presentation import build_context
-from pydicom.uid import ALL_TRANSFER_SYNTAXES
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+
 
 logger = logging.getLogger(__name__)
 

@@ -332,6 +332,14 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Speed and accuracy of the inference modes on this machine (``models.bench``)."""
+    from models.bench import main as bench_main
+
+    return int(bench_main(args.bench_args) or 0)
+
+
 # --------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic exam → node (embedded) → local PACS, with a summary and PNG previews."""
@@ -444,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("result_ids", nargs="*")
     q.add_argument("--all", action="store_true")
     q.set_defaults(func=cmd_outbox)
+
+    p = sub.add_parser("bench", help="inference speed and accuracy per mode (see bench --help)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="end-to-end demo on a synthetic exam")
     p.add_argument("--out", default="demo-out")
