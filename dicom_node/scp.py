@@ -7,9 +7,9 @@ negotiation; a request that still names one is refused with *SOP Class Not Suppo
 
 Each C-STORE is received in pynetdicom's chunked mode (the data set streams into a temporary
 file, see ``STORE_RECV_CHUNKED_DATASET``), checked cheaply (meta, UIDs, complete element
-structure, no pixel decoding), then moved into the spool and fsynced **before** success is
-answered. A bad instance is answered with a failure status and quarantined; the SCP keeps
-serving.
+structure, a readable header, pixel data length and dimensions; no pixel decoding), then
+moved into the spool and fsynced **before** success is answered. A bad instance is answered
+with a failure status and quarantined; the SCP keeps serving.
 
 Access control happens at association level (PS3.8 7.1.1.9): a called AE title other than
 ``Settings.ae_title`` (unless ``require_called_ae_title`` is off) is rejected with
@@ -254,6 +254,7 @@ def read_instance_header(path: Path | str, *,
             scan = _scan_full_read(path)
         else:
             scan = _walk_elements(path, offset, ts)
+            _parse_header(path)
     except InvalidInstanceError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -322,8 +323,26 @@ def _is_video(ts: UID) -> bool:
     return any(word in ts.name for word in ("MPEG", "HEVC", "H.265", "H.264"))
 
 
+def _parse_header(path: Path) -> None:
+    """Parse every element before the pixel data, sequences included (raises if unreadable).
+
+    Catches what the top-level walk cannot see: unknown value representations and broken
+    encodings inside sequences (e.g. the functional groups). Values are converted, not
+    validated: an odd but readable value is left for the loader to judge.
+    """
+    _convert_all(dcmread(path, stop_before_pixels=True))
+
+
+def _convert_all(ds: Dataset) -> None:
+    for elem in ds:  # iterating converts each raw element (VR, value decoding)
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _convert_all(item)
+
+
 def _scan_full_read(path: Path) -> _Scan:
     ds = dcmread(path)
+    _convert_all(ds)
     scan = _Scan(seen=set(ds.keys()))
     for tag in _WANTED:
         if tag not in ds:
