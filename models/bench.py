@@ -225,7 +225,7 @@ def run_mode(model: Picard, phantoms: Sequence[Phantom], mode: str,
     res: dict[str, Any] = {k: (int(v) if float(v).is_integer() and "seconds" not in k else v)
                            for k, v in totals.items()}
     res.update(
-        wall_seconds=wall,
+        mode=mode, wall_seconds=wall,
         completions_per_s=totals["completions"] / totals["seconds"] if totals["seconds"] else 0.0,
         generator_completions_per_s=(totals["completions"] / totals["generator_seconds"]
                                      if totals["generator_seconds"] else 0.0),
@@ -278,8 +278,13 @@ def run_bench(*, size: str = "small", volumes: int | None = None, modes: Sequenc
               device: str = "cpu", bundle: str | None = None, seed0: int = 9000,
               switches: dict[str, Any] | None = None, raw_seconds: float = 3.0,
               slices: int | None = None, rows: int | None = None, cols: int | None = None,
-              probe: bool = False) -> dict[str, Any]:
-    """Run the benchmark and return the JSON-ready result (see module docstring)."""
+              m: int | None = None, probe: bool = False,
+              variants: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Run the benchmark and return the JSON-ready result (see module docstring).
+
+    ``variants``: extra fast-mode switch sets (on top of ``switches``), each run as a mode
+    named ``fast[k=v,...]`` and compared with exact, to choose defaults by measurement.
+    """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     bad = set(modes) - set(MODES)
@@ -299,6 +304,10 @@ def run_bench(*, size: str = "small", volumes: int | None = None, modes: Sequenc
         model = full_model(device)
     else:
         model = tiny_model(device)
+    if m is not None:
+        if m < 1:
+            raise ValueError(f"M must be >= 1, got {m}")
+        model.card["M"] = m  # this bench's own model: both modes and the raw measurement
     InferenceConfig.from_card(model.card, mode="fast", **switches)  # validate early
     logger.info("making %d phantoms %s", shape["volumes"], shape)
     phantoms = make_volumes(size, shape["volumes"], seed0, shape)
@@ -318,28 +327,42 @@ def run_bench(*, size: str = "small", volumes: int | None = None, modes: Sequenc
         "switches": switches, "raw": {}, "modes": {}, "targets": dict(TARGETS),
     }
     heat: dict[str, list[np.ndarray]] = {}
-    for mode in modes:
-        result["raw"][mode] = raw_throughput(model, mode=mode, seconds=raw_seconds)
-        figs, heat[mode] = run_mode(model, phantoms, mode, switches)
-        figs.update(_accuracy(heat[mode], phantoms))
+    runs: list[tuple[str, str, dict[str, Any]]] = [(mode, mode, switches) for mode in modes]
+    for v in variants:
+        InferenceConfig.from_card(model.card, mode="fast", **switches, **v)
+        name = "fast[" + ",".join(f"{k}={v[k]}" for k in sorted(v)) + "]"
+        runs.append((name, "fast", {**switches, **v}))
+    for name, mode, sw in runs:
+        if mode not in result["raw"]:
+            result["raw"][mode] = raw_throughput(model, mode=mode, seconds=raw_seconds)
+        figs, heat[name] = run_mode(model, phantoms, mode, sw)
+        figs.update(_accuracy(heat[name], phantoms))
         figs["overhead_ratio"] = (figs["completions_per_s"]
                                   / result["raw"][mode]["completions_per_s"])
-        result["modes"][mode] = figs
-    if "exact" in result["modes"] and "fast" in result["modes"]:
-        e, f = result["modes"]["exact"], result["modes"]["fast"]
-        result["comparison"] = {
+        result["modes"][name] = figs
+    comparisons = {name: _compare(result["modes"]["exact"], result["modes"][name],
+                                  heat["exact"], heat[name])
+                   for name, mode, _ in runs if mode == "fast" and "exact" in heat}
+    if comparisons:
+        result["comparisons"] = comparisons
+        result["comparison"] = comparisons.get("fast", next(iter(comparisons.values())))
+    if probe:
+        result["memory_probe"] = memory_probe()
+    return result
+
+
+def _compare(e: dict[str, Any], f: dict[str, Any], he: Sequence[np.ndarray],
+             hf: Sequence[np.ndarray]) -> dict[str, float]:
+    return {
             "work_ratio": e["completions"] / max(f["completions"], 1),
             "window_ratio": e["windows_computed"] / max(f["windows_computed"], 1),
             "speedup": e["seconds"] / max(f["seconds"], 1e-9),
             "auroc_delta": f["pixel_auroc"] - e["pixel_auroc"],
             "sens2fp_delta": f["sens@2fp"] - e["sens@2fp"],
             "heatmap_correlation": float(np.corrcoef(
-                np.concatenate([h.ravel() for h in heat["fast"]]),
-                np.concatenate([h.ravel() for h in heat["exact"]]))[0, 1]),
+                np.concatenate([h.ravel() for h in hf]),
+                np.concatenate([h.ravel() for h in he]))[0, 1]),
         }
-    if probe:
-        result["memory_probe"] = memory_probe()
-    return result
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -360,16 +383,18 @@ def format_table(result: dict[str, Any]) -> str:
              f"shape={result['volume_shape']} device={result['machine']['device']} "
              f"model={result['model']['version']}", head, "-" * len(head)]
     for mode, f in result["modes"].items():
-        raw = result["raw"][mode]["completions_per_s"]
+        raw = result["raw"][f["mode"]]["completions_per_s"]
+        if mode not in ("exact", "fast"):
+            lines.append(mode)
+            mode = "  ''"
         lines.append(
             f"{mode:6} {f['windows_computed']:>8d} {f['completions']:>9d} "
             f"{f['completions_per_s']:>8.1f} {raw:>8.1f} {f['overhead_ratio']:>5.2f} "
             f"{f['seconds_per_slice']:>8.3f} {f['seconds_per_volume']:>8.2f} "
             f"{f['host_peak_gib']:>8.2f} {f['gpu_peak_gib']:>7.2f} {f['pixel_auroc']:>6.3f} "
             f"{f['sens@1fp']:>5.2f} {f['sens@2fp']:>5.2f} {f['sens@4fp']:>5.2f}")
-    c = result.get("comparison")
-    if c:
-        lines.append(f"fast vs exact: {c['work_ratio']:.1f}x fewer completions "
+    for name, c in result.get("comparisons", {}).items():
+        lines.append(f"{name} vs exact: {c['work_ratio']:.1f}x fewer completions "
                      f"({c['window_ratio']:.1f}x fewer windows), {c['speedup']:.1f}x faster, "
                      f"AUROC delta {c['auroc_delta']:+.4f}, sens@2FP delta "
                      f"{c['sens2fp_delta']:+.3f}, heatmap r={c['heatmap_correlation']:.3f}")
@@ -408,10 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", help="model bundle folder (default: per size)")
     p.add_argument("--seed", type=int, default=9000, help="first phantom seed")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument("--M", type=int, dest="m", help="completions per window (default: card)")
     p.add_argument("--raw-seconds", type=float, default=3.0,
                    help="duration of the raw generator throughput measurement")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fast-mode switch, e.g. --set slice_step=2 --set coarse_factor=1")
+    p.add_argument("--variant", action="append", default=[], metavar="K=V[,K=V]",
+                   help="also run fast mode with these switches (repeatable), e.g. "
+                   "--variant slice_step=2,coarse_factor=3")
     p.add_argument("--memory-probe", action="store_true",
                    help="also stream a full-size uint16 view with a tiny network")
     p.add_argument("--json", type=Path, help="output JSON (default benchmarks/results/"
@@ -429,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                            modes=[m.strip() for m in args.modes.split(",") if m.strip()],
                            bundle=args.bundle, seed0=args.seed, switches=_parse_set(args.set),
                            raw_seconds=args.raw_seconds, slices=args.slices, rows=args.rows,
-                           cols=args.cols, probe=args.memory_probe)
+                           cols=args.cols, m=args.m, probe=args.memory_probe,
+                           variants=[_parse_set(v.split(",")) for v in args.variant])
     except ValueError as exc:
         print(f"picard-node bench: {exc}", file=sys.stderr)
         return 2
