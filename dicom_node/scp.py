@@ -1022,7 +1022,7 @@ class StorageSCP:
         reason = self._policy.check(calling, called, host)
         if reason is None:
             return
-        assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(reason))
+        # Log and audit first: once the reject is out the peer may look at the trail.
         sock = _socket_of(assoc)
         logger.warning("association from %s (%s:%s) to %s rejected: %s (A-ASSOCIATE-RJ "
                        "rejected-permanent, service-user, reason %d)", calling, host, port,
@@ -1031,6 +1031,7 @@ class StorageSCP:
                                 peer_port=port, tls=isinstance(sock, ssl.SSLSocket),
                                 tls_peer=peer_subject(sock), outcome="rejected",
                                 detail=f"{reason.text} (reason {int(reason)})")
+        assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(reason))
         assoc.kill()  # waits until the reject is sent, as pynetdicom's own rejects do
 
     def _handle_accepted(self, event: Any) -> None:

@@ -11,8 +11,13 @@ Every case goes through the storage SCP's receive-time check
 * ``loaded`` — a volume of the announced shape with finite pixels in [0, 1];
 
 any other exception, or a case running longer than :data:`CASE_SECONDS`, fails the test.
-Property-based cases are bounded and derandomized (same cases every run); each test prints a
-summary line with its case count.
+Property-based cases are bounded and derandomized; each test prints a summary line with its
+case count.
+
+Known gap: until ``load_series`` turns every malformed-header error into ``VolumeError``
+(a patch is with the lead), a test whose only problem is such a leak is reported as
+``xfail`` naming the leaked exception types; the ``loader_gap`` fixture checks that the
+gap still exists, so once it is fixed any leak fails the test.
 """
 
 from __future__ import annotations
@@ -58,8 +63,8 @@ FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None
 # --------------------------------------------------------------------------- helpers
 
 
-class CaseTimeout(Exception):
-    """A case ran longer than CASE_SECONDS."""
+class CaseTimeout(BaseException):
+    """A case ran longer than CASE_SECONDS (a BaseException: nothing may swallow it)."""
 
 
 @contextlib.contextmanager
@@ -92,6 +97,8 @@ def receive_then_load(path: Path) -> str:
         except VolumeError as exc:
             assert str(exc)
             return "volume error"
+        except Exception as exc:  # noqa: BLE001 - recorded here, judged by finish()
+            return f"LEAKED {type(exc).__name__}"
     assert volume.pixels.shape == (header.number_of_frames, header.rows, header.columns)
     assert np.isfinite(volume.pixels).all()
     assert volume.pixels.min() >= 0.0 and volume.pixels.max() <= 1.0
@@ -102,6 +109,17 @@ def report(capsys: pytest.CaptureFixture, name: str, counts: Counter) -> None:
     with capsys.disabled():
         print(f"\n[fuzz] {name}: {sum(counts.values())} cases, "
               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+def finish(counts: Counter, loader_gap: str | None) -> None:
+    """Fail on exceptions other than VolumeError from the loader (xfail while the gap is known)."""
+    leaks = {k: v for k, v in counts.items() if k.startswith("LEAKED")}
+    if not leaks:
+        return
+    message = f"load_series raised other exceptions than VolumeError: {leaks}"
+    if loader_gap is not None:
+        pytest.xfail(f"{message} (known gap: {loader_gap})")
+    pytest.fail(message)
 
 
 def tiny_volume(frames: int, rows: int, cols: int) -> np.ndarray:
@@ -132,6 +150,24 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     return out
 
 
+@pytest.fixture(scope="module")
+def loader_gap(seeds: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory) -> str | None:
+    """What load_series leaks for a Plane Position that is not a number (None: VolumeError)."""
+    ds = pydicom.dcmread(io.BytesIO(seeds["bto"]))
+    position = ds.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0]
+    _raw(position, "ImagePositionPatient", "DS", "0\\abc\\1")
+    path = tmp_path_factory.mktemp("gap") / "gap.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    read_instance_header(path)  # readable: the receive check leaves value judgement to loading
+    try:
+        load_series([path])
+    except VolumeError:
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+    pytest.fail("a non-numeric ImagePositionPatient loaded without error")
+
+
 # --------------------------------------------------------------------------- byte mutations
 @st.composite
 def mutated_bytes(draw: st.DrawFn, seeds: dict[str, bytes]) -> bytes:
@@ -155,7 +191,8 @@ def mutated_bytes(draw: st.DrawFn, seeds: dict[str, bytes]) -> bytes:
     return bytes(data)
 
 
-def test_fuzz_mutated_bytes(seeds: dict[str, bytes], tmp_path: Path, capsys) -> None:
+def test_fuzz_mutated_bytes(seeds: dict[str, bytes], tmp_path: Path, capsys,
+                            loader_gap: str | None) -> None:
     counts: Counter = Counter()
     path = tmp_path / "case.dcm"
 
@@ -167,7 +204,8 @@ def test_fuzz_mutated_bytes(seeds: dict[str, bytes], tmp_path: Path, capsys) -> 
 
     case()
     report(capsys, "mutated bytes", counts)
-    assert counts["refused"] > 0
+    assert counts["refused"] > 0 and counts["loaded"] > 0
+    finish(counts, loader_gap)
 
 
 # --------------------------------------------------------------------------- attribute mutations
@@ -248,12 +286,8 @@ def _mutate(draw: st.DrawFn, ds: pydicom.Dataset, kind: str) -> None:
                                                "1.2.840.10008.5.1.4.1.1.481.5"]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dicom_node.volume.load_series lets ValueError/AttributeError escape for malformed header "
-    "values (a DS that is not a number, a Plane Position item without ImagePositionPatient); "
-    "fix: wrap the loader so they become VolumeError (patch handed to the lead), then remove "
-    "this marker"))
-def test_fuzz_mutated_attributes(seeds: dict[str, bytes], tmp_path: Path, capsys) -> None:
+def test_fuzz_mutated_attributes(seeds: dict[str, bytes], tmp_path: Path, capsys,
+                                 loader_gap: str | None) -> None:
     counts: Counter = Counter()
     path = tmp_path / "case.dcm"
 
@@ -265,7 +299,8 @@ def test_fuzz_mutated_attributes(seeds: dict[str, bytes], tmp_path: Path, capsys
 
     case()
     report(capsys, "mutated attributes", counts)
-    assert counts["refused"] > 0 and counts["volume error"] > 0
+    assert counts["refused"] > 0 and counts["volume error"] > 0 and counts["loaded"] > 0
+    finish(counts, loader_gap)
 
 
 # --------------------------------------------------------------------------- pydicom's test files
@@ -280,7 +315,7 @@ def _pydicom_bad_files() -> list[Path]:
                    and _BAD_NAME.search(Path(p).name)}, key=lambda p: p.name)
 
 
-def test_pydicom_corrupt_test_files(tmp_path: Path, capsys) -> None:
+def test_pydicom_corrupt_test_files(tmp_path: Path, capsys, loader_gap: str | None) -> None:
     files = _pydicom_bad_files()
     if not files:
         pytest.skip("no matching pydicom test files installed")
@@ -298,6 +333,7 @@ def test_pydicom_corrupt_test_files(tmp_path: Path, capsys) -> None:
     for name in ("no_meta.dcm", "MR_truncated.dcm", "rtplan_truncated.dcm"):
         if name in outcomes:
             assert outcomes[name] == "refused", name
+    finish(counts, loader_gap)
 
 
 # --------------------------------------------------------------------------- over the network

@@ -142,6 +142,9 @@ def test_trusted_client_certificate_is_accepted(tmp_path: Path, make_scp, pki: P
     assert sent.returncode == 0, sent.stderr
     [received] = (scp.spool.root / "incoming").rglob("*.dcm")
     assert pydicom.dcmread(received).SOPInstanceUID == pydicom.dcmread(src).SOPInstanceUID
+    deadline = time.monotonic() + 5  # records are written when the connection closes
+    while len(audit(scp)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     records = [r for r in audit(scp) if r["outcome"] == "released"]
     assert [r["tls"] for r in records] == [True, True]
     assert {r["tls_peer"] for r in records} == {"modality-client"}
