@@ -73,8 +73,6 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
-from dicom_node.tls import peer_subject, server_context
-from dicom_node.volume import MAX_SHAPE
 from dicom_node.spool import (
     SeriesRef,
     Spool,
@@ -83,6 +81,8 @@ from dicom_node.spool import (
     check_uid,
     start_writeback,
 )
+from dicom_node.tls import peer_subject, server_context
+from dicom_node.volume import MAX_SHAPE
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,10 @@ def read_instance_header(path: Path | str, *,
     exactly at the end of the file, so truncated transfers are caught. Encapsulated pixel
     data is checked fragment by fragment. A deflated data set is inflated and parsed.
 
+    Then every element before the pixel data, sequences included, is parsed: unknown value
+    representations and broken encodings are refused; odd but readable values are left for
+    loading to judge.
+
     For the image storage SOP classes the node accepts (:data:`ACCEPTED_SOP_CLASSES`) it
     also checks, without decoding anything, that
 
@@ -220,10 +224,10 @@ def read_instance_header(path: Path | str, *,
     * native (uncompressed) Pixel Data holds Rows x Columns x Frames x Samples x Bits
       Allocated bits, and encapsulated Pixel Data has at least one fragment per frame.
 
-    Problems that need the whole header (functional groups of a Breast Tomosynthesis Image,
-    per-frame geometry) are found when the series is loaded
-    (:func:`dicom_node.volume.load_series` raises ``VolumeError``; the series is then
-    quarantined).
+    Problems of meaning (missing functional groups of a Breast Tomosynthesis Image,
+    inconsistent per-frame geometry, values that are not numbers) are found when the series
+    is loaded (:func:`dicom_node.volume.load_series` raises ``VolumeError``; the pipeline
+    then quarantines the series).
 
     Parameters
     ----------
@@ -378,8 +382,8 @@ def _walk_elements(path: Path, offset: int, ts: UID) -> _Scan:
             scan.seen.add(elem.tag)
             if elem.tag in _WANTED and isinstance(elem.value, bytes):
                 if elem.tag in _US_TAGS:
-                    ok = len(elem.value) == 2
-                    scan.numbers[elem.tag] = struct.unpack(order + "H", elem.value)[0] if ok else None
+                    scan.numbers[elem.tag] = (struct.unpack(order + "H", elem.value)[0]
+                                              if len(elem.value) == 2 else None)
                 else:
                     scan.text[elem.tag] = elem.value.decode("ascii", "replace")
             if tell is None:

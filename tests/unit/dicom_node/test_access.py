@@ -47,7 +47,8 @@ def make_scp(tmp_path: Path) -> Iterator[Callable[..., StorageSCP]]:
         scp.stop()
 
 
-def echoscu(port: int, *, aet: str = "ECHOSCU", aec: str = "PICARD") -> subprocess.CompletedProcess:
+def echoscu(port: int, *, aet: str = "ECHOSCU",
+            aec: str = "PICARD") -> subprocess.CompletedProcess:
     return subprocess.run(["echoscu", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=30)
 
