@@ -117,6 +117,20 @@ def load_series(
     """
     if not paths:
         raise VolumeError("no files given")
+    try:
+        return _load_series(paths, max_shape, max_bytes)
+    except VolumeError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError,
+            OverflowError) as exc:
+        # a malformed header value (e.g. a DS that is not a number, an item without the
+        # attribute it must hold): the series cannot be loaded, say why
+        raise VolumeError(f"malformed header: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_series(
+    paths: Sequence[Path | str], max_shape: tuple[int, int, int], max_bytes: int
+) -> LoadedVolume:
     datasets = []
     for p in paths:
         try:
