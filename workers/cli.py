@@ -84,19 +84,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         spool.mark_dispatched(ref, job_id)
         logger.info("series %s queued as job %s", ref.series_uid, job_id)
 
-    worker_proc = None
-    if settings.embedded:
-        worker_proc = _spawn_embedded_worker(settings)
-
+    # The SCP starts first: a bad TLS file or allow-list entry stops the node before anything.
+    scp = StorageSCP(settings, on_series_complete)
+    scp.start()
+    worker_proc = _spawn_embedded_worker(settings) if settings.embedded else None
     if settings.embedded:
         _recover_embedded_jobs(settings, spool, on_series_complete)
     # Series that were complete but not yet queued when the node last stopped.
     for ref in spool.pending_series():
         logger.info("re-dispatching series %s left pending by a previous run", ref.series_uid)
         on_series_complete(ref)
-
-    scp = StorageSCP(settings, on_series_complete)
-    scp.start()
     print(json.dumps({"event": "listening", "ae_title": settings.ae_title, "port": scp.port,
                       "embedded_worker": settings.embedded}), flush=True)
     stop = threading.Event()

@@ -24,7 +24,8 @@ import pydicom
 
 from dicom_node.config import Destination
 from dicom_node.encode import encode_results
-from dicom_node.scu import send_datasets
+from dicom_node.audit import AuditLog
+from dicom_node.scu import ExportError, send_to_destination
 from dicom_node.spool import Spool, atomic_write_bytes
 from dicom_node.volume import load_series, unflip
 
@@ -181,8 +182,20 @@ def encode(result_dir: Path) -> list[Path]:
     return sorted(paths)
 
 
-def export(result_dir: Path, destinations: list[Destination], calling_ae_title: str) -> list[str]:
+def export(result_dir: Path, destinations: list[Destination], calling_ae_title: str, *,
+           audit: AuditLog | None = None) -> list[str]:
     """Send the result objects to every destination not yet marked delivered.
+
+    Parameters
+    ----------
+    result_dir : Path
+        A result folder with ``objects/``.
+    destinations : list of Destination
+        Where to send (TLS settings of each destination are used).
+    calling_ae_title : str
+        The node's AE title.
+    audit : AuditLog, optional
+        Receives one record per delivery attempt (delivered or failed).
 
     Returns
     -------
@@ -197,6 +210,8 @@ def export(result_dir: Path, destinations: list[Destination], calling_ae_title: 
     """
     result_dir = Path(result_dir)
     objects = sorted((result_dir / OBJECTS_DIR).glob("*.dcm"))
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True,
+                                specific_tags=["SOPInstanceUID"]).SOPInstanceUID) for p in objects]
     delivered_dir = result_dir / DELIVERY_DIR
     delivered_dir.mkdir(exist_ok=True)
     sent = []
@@ -204,10 +219,16 @@ def export(result_dir: Path, destinations: list[Destination], calling_ae_title: 
         marker = delivered_dir / f"{dest.ae_title}@{dest.host}_{dest.port}"
         if marker.exists():
             continue
-        send_datasets(objects, ae_title=dest.ae_title, host=dest.host, port=dest.port,
-                      calling_ae_title=calling_ae_title)
-        _atomic_write_text(marker, json.dumps({"objects": [p.name for p in objects],
-                                               "time": time.time()}))
+        try:
+            send_to_destination(objects, dest, calling_ae_title=calling_ae_title)
+        except (ExportError, ValueError, OSError) as exc:
+            if audit is not None:
+                audit.delivery(result_dir.name, dest, uids, "failed", str(exc),
+                               calling_ae=calling_ae_title)
+            raise
+        _atomic_write_text(marker, json.dumps({"objects": uids, "time": time.time()}))
+        if audit is not None:
+            audit.delivery(result_dir.name, dest, uids, "delivered", calling_ae=calling_ae_title)
         logger.info("delivered %d objects of %s to %s@%s:%d", len(objects), result_dir.name,
                     dest.ae_title, dest.host, dest.port)
         sent.append(dest.ae_title)

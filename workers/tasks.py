@@ -13,6 +13,7 @@ from pathlib import Path
 from celery import Task, chain, current_app, shared_task
 from celery.exceptions import Reject
 
+from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.outbox import Outbox
 from dicom_node.scu import ExportError
@@ -71,8 +72,9 @@ def export(self: Task, result_dir: str) -> list[str]:
                        result_id)
         return []
     try:
-        sent = pipeline.export(Path(result_dir), settings.destinations, settings.ae_title)
-    except (ExportError, OSError) as exc:
+        sent = pipeline.export(Path(result_dir), settings.destinations, settings.ae_title,
+                               audit=AuditLog(settings.spool_dir))
+    except (ExportError, ValueError, OSError) as exc:
         entry = outbox.record_failure(result_id, f"{type(exc).__name__}: {exc}")
         if time.time() - entry.first_attempt >= settings.dead_letter_after_seconds:
             outbox.dead_letter(result_id)
