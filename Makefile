@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
-APT_PACKAGES = redis-server dcmtk orthanc dicom3tools
+APT_PACKAGES = redis-server dcmtk orthanc dicom3tools openssl
 
 .PHONY: demo test install test-deps clean
 
