@@ -38,7 +38,7 @@ logger = logging.getLogger("train_default_bundle")
 
 SPACING = 0.4
 TRAIN_SEEDS = range(1000, 1027)      # 27 normal volumes (last 3 held out for validation L1)
-VAL_SEEDS = range(5000, 5010)        # 10 volumes with one mass: threshold selection
+VAL_SEEDS = range(5000, 5020)        # 20 volumes with one mass: rule, p and threshold
 TEST_SEEDS = range(9000, 9020)       # 20 volumes with one mass: reported metrics
 EVAL_SHAPE = dict(slices=24, rows=224, cols=160)
 CONFIG = TrainConfig(window=64, hole=32, max_delta=8, stride=16, pixel_spacing_mm=SPACING,
@@ -130,37 +130,88 @@ def _views(exams, slices_of) -> list:
     return [_SliceView(e, slices_of(e)) for e in exams]
 
 
+P_GRID = (0.5, 0.25, 0.1)  # dropout probabilities tried on the validation set (official 0.5)
+#: compare_methods row -> card settings (metric, M, use dropout)
+ROW_TO_CARD = {
+    "MCD image (M=10)": ("MCD_image", 10, True),
+    "MCD feature (M=10)": ("MCD_feature", 10, True),
+    "MeanCD image (M=10)": ("MeanCD_image", 10, True),
+    "MeanCD feature (M=10)": ("MeanCD_feature", 10, True),
+    "single image (M=1, no dropout)": ("MCD_image", 1, False),
+    "single feature (M=1, no dropout)": ("MCD_feature", 1, False),
+}
+
+
+def _select_on_validation(model, val) -> tuple[dict, dict]:
+    """Score every (dropout p, scoring rule) on the validation phantoms; pick the best.
+
+    Criterion: pixel AUROC + mean lesion sensitivity at 0.5/1/2/4 FP per volume.
+    Returns the selection table and the chosen entry (with its SEG threshold at 1 FP/volume).
+    """
+    from models.evaluate import (METHODS, bootstrap_metrics, evaluate_cases, method_heatmaps,
+                                 threshold_for_fp_rate)
+
+    views = _views(val, eval_slices)
+    table: dict[str, dict] = {}
+    best = None
+    for p in P_GRID:
+        model.card["dropout"]["p"] = p
+        maps = {k: [] for k in METHODS}
+        for exam in val:
+            hm = method_heatmaps(model, exam.volume, eval_slices(exam), m=10, seed=0)
+            for k in METHODS:
+                maps[k].append(hm[k])
+        for k in METHODS:
+            metric, m, drop = ROW_TO_CARD[k]
+            if not drop and p != P_GRID[0]:
+                continue  # no dropout: p is irrelevant, scored once
+            cases = evaluate_cases(maps[k], views)
+            r = bootstrap_metrics(cases, n_boot=0)
+            r.pop("_samples")
+            values = {name: v["value"] for name, v in r.items()}
+            sens = [values[f"sens@{f:g}fp"] for f in (0.5, 1, 2, 4)]
+            score = values["pixel_auroc"] + float(np.mean(sens))
+            key = f"{k} p={p if drop else 0.0}"
+            thr = threshold_for_fp_rate([c.candidates for c in cases], 1.0)
+            table[key] = {**values, "selection_score": score, "threshold_at_1fp": thr}
+            logger.info("validation %-45s score %.3f %s", key, score,
+                        {n: round(v, 3) for n, v in values.items()})
+            if best is None or score > best["selection_score"]:
+                best = {"row": k, "metric": metric, "M": m, "p": p if drop else 0.0,
+                        "selection_score": score, "threshold": thr, "validation": values}
+    return table, best  # type: ignore[return-value]
+
+
 def stage_evaluate(out: Path, n_boot: int) -> dict:
-    """Threshold on the validation set, metrics on the test set, baseline = initial bundle."""
-    from models.evaluate import (bootstrap_metrics, compare_methods, evaluate_cases,
-                                 format_table, sensitivity_at, threshold_for_fp_rate)
+    """Choose scoring rule, dropout p and threshold on validation; metrics on the test set."""
+    from models.evaluate import bootstrap_metrics, compare_methods, evaluate_cases, format_table
     from models.picard import Picard
 
     model = Picard.from_bundle(out / "bundle")
     t = time.time()
     val = lesion_volumes(VAL_SEEDS)
-    val_cases = evaluate_cases(_heatmaps(model, val, eval_slices), _views(val, eval_slices))
-    cands = [c.candidates for c in val_cases]
-    threshold = threshold_for_fp_rate(cands, 1.0)
-    val_sens = sensitivity_at(cands)
-    logger.info("validation: threshold %.4f at 1 FP/volume, sensitivity %s (%.0f s)",
-                threshold, val_sens, time.time() - t)
+    selection, chosen = _select_on_validation(model, val)
+    logger.info("chosen on validation: %s (%.0f s)", chosen, time.time() - t)
+    # the comparison table uses the chosen p for its dropout rows (official 0.5 if the
+    # chosen rule is the deterministic one)
+    model.card["dropout"]["p"] = chosen["p"] if chosen["p"] > 0 else 0.5
     test = lesion_volumes(TEST_SEEDS)
-    result = compare_methods(model, test, m=model.card["M"], n_boot=n_boot, seed=0,
-                             slices=eval_slices, progress=False, print_table=True,
-                             keep_heatmaps=True)
-    maps = result.pop("heatmaps")[f"MCD image (M={model.card['M']})"] if model.card["M"] == 10 \
-        else _heatmaps(model, test, eval_slices)
+    result = compare_methods(model, test, m=10, n_boot=n_boot, seed=0, slices=eval_slices,
+                             progress=False, print_table=True, keep_heatmaps=True)
+    maps = result.pop("heatmaps")[chosen["row"]]
     result.pop("slices")
-    # pixel-level sensitivity/specificity of the binary SEG at the chosen threshold
+    threshold = chosen["threshold"]
+    # pixel-level figures of the binary SEG at the chosen threshold
     views = _views(test, eval_slices)
     tp = fp = fn = tn = 0
     for hm, v in zip(maps, views):
         inside = np.broadcast_to(v.breast_mask, hm.shape)
         pred = (hm > threshold) & inside
         truth = v.lesion_mask & inside
-        tp += int((pred & truth).sum()); fp += int((pred & ~truth).sum())
-        fn += int((~pred & truth).sum()); tn += int((~pred & ~truth & inside).sum())
+        tp += int((pred & truth).sum())
+        fp += int((pred & ~truth).sum())
+        fn += int((~pred & truth).sum())
+        tn += int((~pred & ~truth & inside).sum())
     seg = {"pixel_sensitivity": tp / max(tp + fn, 1), "pixel_specificity": tn / max(tn + fp, 1),
            "dice": 2 * tp / max(2 * tp + fp + fn, 1)}
     # baseline: the initial (untrained) bundle committed before this one, same test slices
@@ -171,10 +222,10 @@ def stage_evaluate(out: Path, n_boot: int) -> dict:
         bcases = evaluate_cases(_heatmaps(init_model, test, eval_slices), views)
         baseline = bootstrap_metrics(bcases, n_boot=n_boot, seed=0)
         baseline.pop("_samples")
-        print(format_table({"initial untrained bundle (MCD image, M=4)": baseline}))
-    report = {"threshold": threshold, "threshold_fp_per_volume": 1.0,
-              "validation_sensitivity": val_sens, "test": result, "seg_at_threshold": seg,
-              "baseline_initial_bundle": baseline}
+        print(format_table({"initial untrained bundle (its card: MCD image, M=4)": baseline}))
+    report = {"chosen": chosen, "validation_selection": selection, "threshold": threshold,
+              "threshold_fp_per_volume": 1.0, "comparison_dropout_p": model.card["dropout"]["p"],
+              "test": result, "seg_at_threshold": seg, "baseline_initial_bundle": baseline}
     (out / "evaluation.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "evaluation.md").write_text(result["table"] + "\n")
     logger.info("evaluation written to %s", out / "evaluation.json")
@@ -189,11 +240,18 @@ def stage_install(out: Path) -> Path:
     model = Picard.from_bundle(out / "bundle")
     card = dict(model.card)
     test = report["test"]
-    main_name = "MCD image (M=10)"
+    chosen = report["chosen"]
+    main_name = chosen["row"]
+    card["metric"] = chosen["metric"]
+    card["M"] = int(chosen["M"])
+    card["dropout"] = {**card["dropout"], "p": float(chosen["p"])}
     card.update(
+        selection=(f"scoring rule and dropout p chosen on the validation phantoms by pixel "
+                   f"AUROC + mean lesion sensitivity at 0.5-4 FP/volume among "
+                   f"{sorted(report['validation_selection'])}: {main_name}, p={chosen['p']}"),
         version="0.1-synthetic",
         threshold=float(report["threshold"]),
-        threshold_note=("lowest MCD_image score with <= 1 false-positive detection per volume "
+        threshold_note=(f"lowest {chosen['metric']} score with <= 1 false-positive detection per volume "
                         f"on the validation phantoms (seeds {VAL_SEEDS.start}-{VAL_SEEDS.stop - 1}), "
                         "not on the test set"),
         training=TRAINING_TEXT,
@@ -207,10 +265,12 @@ def stage_install(out: Path) -> Path:
             f"(n={test['settings']['n_boot']}, seed 0)"),
         metrics={
             "test": test["methods"][main_name],
+            "test_dropout_p_of_comparison": report["comparison_dropout_p"],
+            "validation_selection": report["validation_selection"],
             "test_all_methods": test["methods"],
             "mcd_minus_single": test["paired"],
             "seg_at_threshold": report["seg_at_threshold"],
-            "validation_sensitivity_at_fp": report["validation_sensitivity"],
+            "validation_at_choice": chosen["validation"],
             "baseline_initial_bundle": report["baseline_initial_bundle"],
             "table": test["table"],
         },
