@@ -436,7 +436,8 @@ class Picard:
         **overrides
             Any of :data:`HEATMAP_OVERRIDES` (``M``, ``p``, ``metric``, ``stride``, ...)
             or of :data:`models.fast.INFERENCE_KEYS` (fast-mode switches);
-            ``seed`` (default 0, ``None`` = unseeded) fixes the dropout draws.
+            ``seed`` (default 0, ``None`` = unseeded) fixes the dropout draws;
+            ``mask_background`` (default True) sets air pixels (``<= tissue_level``) to 0.
 
         Returns
         -------
@@ -457,6 +458,20 @@ class Picard:
     def _heatmap(self, image: np.ndarray, icfg: InferenceConfig, stats: InferenceStats,
                  progress: Callable[[int, int], None] | None,
                  overrides: dict[str, Any]) -> np.ndarray:
+        # Bicubic upsampling spreads the scores of windows at the skin line into the air
+        # around the breast; air is not tissue that can be abnormal, so it scores 0 unless
+        # ``mask_background=False`` is passed.
+        overrides = dict(overrides)
+        mask_background = bool(overrides.pop("mask_background", True))
+        heat = self._heatmap_unmasked(image, icfg, stats, progress, overrides)
+        if mask_background:
+            level = overrides.get("tissue_level", self.card["tissue_level"])
+            heat[np.asarray(image) <= level] = 0.0
+        return heat
+
+    def _heatmap_unmasked(self, image: np.ndarray, icfg: InferenceConfig, stats: InferenceStats,
+                          progress: Callable[[int, int], None] | None,
+                          overrides: dict[str, Any]) -> np.ndarray:
         config, s = self._settings(overrides)
         image = np.asarray(image)
         if image.ndim != 2:
