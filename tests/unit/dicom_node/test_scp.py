@@ -143,6 +143,8 @@ def test_multiframe_instance_completes_at_once(tmp_path: Path, make_scp, caplog)
         result = storescu(scp.port, src)
         assert result.returncode == 0, result.stderr
         assert wait_for(lambda: len(calls.refs) == 1, timeout=5)
+        # the association line is logged at release, which can come after storescu exits
+        assert wait_for(lambda: "association from STORESCU" in caplog.text, timeout=5)
     ref = calls.refs[0]
     source = pydicom.dcmread(src, stop_before_pixels=True)
     assert (ref.study_uid, ref.series_uid) == (source.StudyInstanceUID, source.SeriesInstanceUID)
