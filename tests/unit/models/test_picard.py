@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models import Picard
-from models.bundle import official_card
-from models.networks import CompletionNetwork, Critic, he_normal_
+from models.networks import CompletionNetwork, Critic
 from models.picard import resolve_device
+from tests.helpers.tiny_models import tiny_card as _tiny_card, tiny_picard
 
 
 @pytest.fixture(autouse=True)
@@ -18,19 +20,12 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def tiny_card(**changes) -> dict:
-    card = official_card(threshold=1.0)
-    card.update(window=32, hole=16, stride=16, pixel_spacing_mm=0.4, M=3, batch_size=4,
-                training="test", min_tissue_fraction=0.5)
-    card.update(changes)
-    return card
+tiny_card = partial(_tiny_card, stride=16)
 
 
 @pytest.fixture
 def model() -> Picard:
-    g = torch.Generator().manual_seed(0)
-    nets = [he_normal_(n, generator=g) for n in (CompletionNetwork(4), Critic(4, 16), Critic(4, 32))]
-    return Picard(*nets, card=tiny_card())
+    return tiny_picard(tiny_card())
 
 
 def windows_and_mask(n: int = 3, size: int = 32, hole: int = 16):
