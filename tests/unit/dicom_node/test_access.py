@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,24 +26,6 @@ CALLING_REJECT = ("Result: Rejected Permanent, Source: Service User",
                   "Reason: Calling AE Title Not Recognized")
 CALLED_REJECT = ("Result: Rejected Permanent, Source: Service User",
                  "Reason: Called AE Title Not Recognized")
-
-
-@pytest.fixture
-def make_scp(tmp_path: Path) -> Iterator[Callable[..., StorageSCP]]:
-    started: list[StorageSCP] = []
-
-    def factory(**overrides: object) -> StorageSCP:
-        values = dict(host="127.0.0.1", port=0, spool_dir=tmp_path / "spool",
-                      series_quiet_seconds=30, min_free_bytes=0)
-        values.update(overrides)
-        scp = StorageSCP(Settings(**values), lambda ref: None)
-        scp.start()
-        started.append(scp)
-        return scp
-
-    yield factory
-    for scp in started:
-        scp.stop()
 
 
 def echoscu(port: int, *, aet: str = "ECHOSCU",

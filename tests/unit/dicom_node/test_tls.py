@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,24 +90,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                client_key=client[1], rogue_ca=rogue[0], rogue_client_cert=rogue_client[0],
                rogue_client_key=rogue_client[1], rogue_server_cert=rogue_server[0],
                rogue_server_key=rogue_server[1])
-
-
-@pytest.fixture
-def make_scp(tmp_path: Path) -> Iterator[Callable[..., StorageSCP]]:
-    started: list[StorageSCP] = []
-
-    def factory(**overrides: object) -> StorageSCP:
-        values = dict(host="127.0.0.1", port=0, spool_dir=tmp_path / "spool",
-                      series_quiet_seconds=30, min_free_bytes=0)
-        values.update(overrides)
-        scp = StorageSCP(Settings(**values), lambda ref: None)
-        scp.start()
-        started.append(scp)
-        return scp
-
-    yield factory
-    for scp in started:
-        scp.stop()
 
 
 def dcmtk(tool: str, port: int, *args: str, files: tuple[Path, ...] = ()
