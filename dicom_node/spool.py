@@ -36,9 +36,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -167,17 +168,25 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` durably: temp file in the same folder, fsync, rename, fsync folder."""
     path = Path(path)
+    _replace_via_temp(path, lambda fh: fh.write(data))
+    fsync_path(path.parent, directory=True)
+
+
+def _replace_via_temp(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Let `write` fill a temp file beside `path`, fsync it, then rename it over `path`.
+
+    The temp file is removed when anything fails; the caller fsyncs the folder.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(Path(tmp))
         raise
-    fsync_path(path.parent, directory=True)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -210,16 +219,8 @@ def _move_durable(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-        try:
-            with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                shutil.copyfileobj(fin, fout, _COPY_CHUNK)
-                fout.flush()
-                os.fsync(fout.fileno())
-            os.replace(tmp, dst)
-        except BaseException:
-            _unlink_quietly(Path(tmp))
-            raise
+        with open(src, "rb") as fin:
+            _replace_via_temp(dst, lambda fout: shutil.copyfileobj(fin, fout, _COPY_CHUNK))
         _unlink_quietly(src)
     fsync_path(dst.parent, directory=True)
 
