@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -281,7 +282,7 @@ def write_bto(
     series_uid = _uid(seed, study_uid, laterality, view, kind, "series")
     for_uid = _uid(seed, study_uid, laterality, view, "frame-of-reference")
     now = _dt.datetime(2024, 1, 1, 12, 0, 0) + _dt.timedelta(seconds=seed % 86400)
-    common = dict(
+    series = _Series(
         laterality=laterality,
         view=view,
         pixel_spacing_mm=float(pixel_spacing_mm),
@@ -300,13 +301,13 @@ def write_bto(
     if per_slice:
         paths = []
         for k in range(stored.shape[0]):
-            ds = _mg_slice(stored, k, **common)
+            ds = _mg_slice(stored, k, series)
             path = out_dir / f"{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
         logger.info("wrote %d MG slices to %s", len(paths), out_dir)
         return paths
-    ds = _bto(stored, **common)
+    ds = _bto(stored, series)
     path = out_dir / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     logger.info("wrote BTO %s (%d frames) to %s", ds.SOPInstanceUID, stored.shape[0], path)
@@ -331,51 +332,69 @@ def _voi(stored: np.ndarray, bits_stored: int) -> tuple[float, float]:
     return round((lo + hi) / 2.0, 1), round(max(hi - lo, 1.0), 1)
 
 
-def _bto(
-    stored: np.ndarray,
-    *,
-    laterality: str,
-    view: str,
-    pixel_spacing_mm: float,
-    slice_thickness_mm: float,
-    seed: int,
-    patient_id: str,
-    patient_name: str,
-    study_uid: str,
-    series_uid: str,
-    for_uid: str,
-    bits_stored: int,
-    series_number: int,
-    now: _dt.datetime,
-    transfer_syntax: UID,
-) -> Dataset:
-    frames, rows, cols = stored.shape
+@dataclass(frozen=True)
+class _Series:
+    """What every instance of one written series shares (see :func:`write_bto`)."""
+
+    laterality: str
+    view: str
+    pixel_spacing_mm: float
+    slice_thickness_mm: float
+    seed: int
+    patient_id: str
+    patient_name: str
+    study_uid: str
+    series_uid: str
+    for_uid: str
+    bits_stored: int
+    series_number: int
+    now: _dt.datetime
+    transfer_syntax: UID
+
+
+def _instance_header(
+    sop_class_uid: str, sop_instance_uid: str, s: _Series, series_description: str
+) -> tuple[Dataset, str, str]:
+    """New instance with SOP Common, file meta, Patient/Study and General Series filled in.
+
+    Returns the dataset and the instance creation date and time (``YYYYMMDD``, ``HHMMSS``).
+    """
     ds = Dataset()
-    ds.SOPClassUID = BTO_SOP_CLASS_UID
-    ds.SOPInstanceUID = _uid(seed, series_uid, "instance")
-    _file_meta(ds, transfer_syntax)
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_instance_uid
+    _file_meta(ds, s.transfer_syntax)
     ds.SpecificCharacterSet = "ISO_IR 100"
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    date, time = s.now.strftime("%Y%m%d"), s.now.strftime("%H%M%S")
     ds.InstanceCreationDate = date
     ds.InstanceCreationTime = time
     _patient_study(
-        ds, patient_id=patient_id, patient_name=patient_name, study_uid=study_uid, seed=seed,
-        now=now,
+        ds, patient_id=s.patient_id, patient_name=s.patient_name, study_uid=s.study_uid,
+        seed=s.seed, now=s.now,
     )
-    # General Series + Enhanced Mammography Series
     ds.Modality = "MG"
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
+    ds.SeriesInstanceUID = s.series_uid
+    ds.SeriesNumber = s.series_number
     ds.SeriesDate = date
     ds.SeriesTime = time
-    ds.SeriesDescription = f"Synthetic DBT {laterality} {view}"
+    ds.SeriesDescription = series_description
+    return ds, date, time
+
+
+def _bto(stored: np.ndarray, s: _Series) -> Dataset:
+    """The multi-frame Breast Tomosynthesis Image of ``stored`` (all frames)."""
+    frames, rows, cols = stored.shape
+    # General Series + Enhanced Mammography Series
+    ds, date, time = _instance_header(
+        BTO_SOP_CLASS_UID, _uid(s.seed, s.series_uid, "instance"), s,
+        f"Synthetic DBT {s.laterality} {s.view}",
+    )
     # Laterality (General Series) stays absent: it lives in Frame Anatomy.
     # Frame of Reference
-    ds.FrameOfReferenceUID = for_uid
+    ds.FrameOfReferenceUID = s.for_uid
     ds.PositionReferenceIndicator = ""
     _equipment(ds)
     # Image Pixel
-    _pixel_module(ds, rows, cols, bits_stored)
+    _pixel_module(ds, rows, cols, s.bits_stored)
     # X-Ray 3D Image / Breast View / Enhanced Mammography Image
     ds.ImageType = ["ORIGINAL", "PRIMARY", "TOMOSYNTHESIS", "NONE"]
     ds.PresentationLUTShape = "IDENTITY"
@@ -387,24 +406,24 @@ def _bto(
     ds.PixelPresentation = "MONOCHROME"
     ds.VolumetricProperties = "VOLUME"
     ds.VolumeBasedCalculationTechnique = "NONE"
-    ds.ViewCodeSequence = _view_code_sequence(view)
+    ds.ViewCodeSequence = _view_code_sequence(s.view)
     ds.BreastImplantPresent = "NO"
     ds.PartialView = "NO"
     ds.AcquisitionContextSequence = DicomSequence([])
-    acquired = now.strftime("%Y%m%d%H%M%S")
+    acquired = s.now.strftime("%Y%m%d%H%M%S")
     # Multi-frame Functional Groups
     ds.InstanceNumber = 1
     ds.ContentDate = date
     ds.ContentTime = time
     ds.NumberOfFrames = frames
     orientation, positions = geometry(
-        laterality, view, pixel_spacing_mm, slice_thickness_mm, frames
+        s.laterality, s.view, s.pixel_spacing_mm, s.slice_thickness_mm, frames
     )
-    center, width = _voi(stored, bits_stored)
+    center, width = _voi(stored, s.bits_stored)
     shared = Dataset()
     pm = Dataset()
-    pm.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
-    pm.SliceThickness = slice_thickness_mm
+    pm.PixelSpacing = [s.pixel_spacing_mm, s.pixel_spacing_mm]
+    pm.SliceThickness = s.slice_thickness_mm
     shared.PixelMeasuresSequence = DicomSequence([pm])
     po = Dataset()
     po.ImageOrientationPatient = orientation
@@ -416,7 +435,7 @@ def _bto(
     shared.FrameVOILUTSequence = DicomSequence([voi])
     anat = Dataset()
     anat.AnatomicRegionSequence = _anatomic_region()
-    anat.FrameLaterality = laterality
+    anat.FrameLaterality = s.laterality
     shared.FrameAnatomySequence = DicomSequence([anat])
     pvt = Dataset()
     pvt.RescaleIntercept = 0
@@ -424,7 +443,7 @@ def _bto(
     pvt.RescaleType = "US"
     shared.PixelValueTransformationSequence = DicomSequence([pvt])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    dim_org_uid = _uid(seed, series_uid, "dimension-organization")
+    dim_org_uid = _uid(s.seed, s.series_uid, "dimension-organization")
     per_frame = []
     for k in range(frames):
         item = Dataset()
@@ -456,65 +475,34 @@ def _bto(
     idx.FunctionalGroupPointer = pydicom.tag.Tag("PlanePositionSequence")
     idx.DimensionDescriptionLabel = "Image Position (Patient)"
     ds.DimensionIndexSequence = DicomSequence([idx])
-    _set_pixels(ds, stored, transfer_syntax)
+    _set_pixels(ds, stored, s.transfer_syntax)
     return ds
 
 
-def _mg_slice(
-    stored: np.ndarray,
-    k: int,
-    *,
-    laterality: str,
-    view: str,
-    pixel_spacing_mm: float,
-    slice_thickness_mm: float,
-    seed: int,
-    patient_id: str,
-    patient_name: str,
-    study_uid: str,
-    series_uid: str,
-    for_uid: str,
-    bits_stored: int,
-    series_number: int,
-    now: _dt.datetime,
-    transfer_syntax: UID,
-) -> Dataset:
+def _mg_slice(stored: np.ndarray, k: int, s: _Series) -> Dataset:
+    """Frame ``k`` of ``stored`` as a Digital Mammography For Presentation image."""
     frames, rows, cols = stored.shape
-    ds = Dataset()
-    ds.SOPClassUID = MG_FOR_PRESENTATION_SOP_CLASS_UID
-    ds.SOPInstanceUID = _uid(seed, series_uid, "instance", str(k))
-    _file_meta(ds, transfer_syntax)
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.InstanceCreationDate = date
-    ds.InstanceCreationTime = time
-    _patient_study(
-        ds, patient_id=patient_id, patient_name=patient_name, study_uid=study_uid, seed=seed,
-        now=now,
+    ds, date, time = _instance_header(
+        MG_FOR_PRESENTATION_SOP_CLASS_UID, _uid(s.seed, s.series_uid, "instance", str(k)), s,
+        f"Synthetic DBT slices {s.laterality} {s.view}",
     )
-    ds.Modality = "MG"
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDate = date
-    ds.SeriesTime = time
-    ds.SeriesDescription = f"Synthetic DBT slices {laterality} {view}"
     # Laterality (General Series) stays absent: ImageLaterality carries it.
     _equipment(ds)
     ds.InstanceNumber = k + 1
     ds.ContentDate = date
     ds.ContentTime = time
-    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.AcquisitionDateTime = s.now.strftime("%Y%m%d%H%M%S")
     orientation, positions = geometry(
-        laterality, view, pixel_spacing_mm, slice_thickness_mm, frames
+        s.laterality, s.view, s.pixel_spacing_mm, s.slice_thickness_mm, frames
     )
     # General Image / DX Image / Mammography Image
     ds.ImageType = ["DERIVED", "PRIMARY"]
-    ds.PatientOrientation = ["A", "F"] if laterality == "L" else ["P", "F"]
-    ds.ImageLaterality = laterality
+    ds.PatientOrientation = ["A", "F"] if s.laterality == "L" else ["P", "F"]
+    ds.ImageLaterality = s.laterality
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     ds.ImageComments = "Synthetic phantom slice, not a patient image"
-    _pixel_module(ds, rows, cols, bits_stored)
+    _pixel_module(ds, rows, cols, s.bits_stored)
     ds.PixelIntensityRelationship = "LIN"
     ds.PixelIntensityRelationshipSign = 1
     ds.RescaleIntercept = 0
@@ -523,30 +511,30 @@ def _mg_slice(
     ds.PresentationLUTShape = "IDENTITY"
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.DetectorType = "DIRECT"
-    ds.ImagerPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
-    ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+    ds.ImagerPixelSpacing = [s.pixel_spacing_mm, s.pixel_spacing_mm]
+    ds.PixelSpacing = [s.pixel_spacing_mm, s.pixel_spacing_mm]
     ds.PixelSpacingCalibrationType = "GEOMETRY"
     ds.PixelSpacingCalibrationDescription = "Synthetic reconstruction grid"
     ds.OrganExposed = "BREAST"
     ds.PositionerType = "MAMMOGRAPHIC"
     ds.DistanceSourceToDetector = 650.0
     ds.DistanceSourceToPatient = 630.0
-    ds.ViewCodeSequence = _view_code_sequence(view)
+    ds.ViewCodeSequence = _view_code_sequence(s.view)
     ds.AnatomicRegionSequence = _anatomic_region()
     ds.BreastImplantPresent = "NO"
     ds.PartialView = "NO"
     ds.QualityControlImage = "NO"
     ds.AcquisitionContextSequence = DicomSequence([])
-    ds.FrameOfReferenceUID = for_uid
+    ds.FrameOfReferenceUID = s.for_uid
     ds.PositionReferenceIndicator = ""
     ds.ImageOrientationPatient = orientation
     ds.ImagePositionPatient = positions[k]
-    ds.SliceThickness = slice_thickness_mm
-    center, width = _voi(stored, bits_stored)
+    ds.SliceThickness = s.slice_thickness_mm
+    center, width = _voi(stored, s.bits_stored)
     ds.WindowCenter = center
     ds.WindowWidth = width
     ds.VOILUTFunction = "LINEAR"
-    _set_pixels(ds, stored[k : k + 1], transfer_syntax)
+    _set_pixels(ds, stored[k : k + 1], s.transfer_syntax)
     return ds
 
 
