@@ -192,6 +192,33 @@ def _scale(heatmap: np.ndarray) -> tuple[np.ndarray, float, float]:
     return stored, slope, lo
 
 
+def _series_and_device(
+    kind: str, output_uid_seed: str, series_number: int, model_name: str, model_version: str
+) -> dict:
+    """Series/instance identity and equipment keywords of a highdicom derived object.
+
+    ``kind`` (``"pm"``, ``"seg"``) keeps the UIDs of the objects of one result apart.
+    """
+    return dict(
+        series_instance_uid=output_uid(output_uid_seed, kind, "series"),
+        series_number=series_number,
+        sop_instance_uid=output_uid(output_uid_seed, kind, "instance"),
+        instance_number=1,
+        manufacturer=_MANUFACTURER,
+        manufacturer_model_name=model_name,
+        software_versions=model_version,
+        device_serial_number=_DEVICE_SERIAL,
+    )
+
+
+def _ordered_and_checked(
+    source_datasets: Sequence[Dataset], heatmap: np.ndarray
+) -> tuple[list[Dataset], np.ndarray]:
+    """Sources in frame order (:func:`frame_ordered`) and the heatmap checked against them."""
+    ordered = frame_ordered(source_datasets)
+    return ordered, _check_heatmap(ordered, heatmap)
+
+
 def encode_parametric_map(
     source_datasets: Sequence[Dataset],
     heatmap: np.ndarray,
@@ -228,8 +255,7 @@ def encode_parametric_map(
     highdicom.pm.ParametricMap
         Real world value = stored value x slope + intercept (MCD units).
     """
-    source_datasets = frame_ordered(source_datasets)
-    heat = _check_heatmap(source_datasets, heatmap)
+    source_datasets, heat = _ordered_and_checked(source_datasets, heatmap)
     laterality = laterality or source_laterality(source_datasets)
     stored, slope, intercept = _scale(heat)
     mapping = hd.pm.RealWorldValueMapping(
@@ -240,18 +266,10 @@ def encode_parametric_map(
         slope=slope,
         intercept=intercept,
     )
-    series_uid = output_uid(output_uid_seed, "pm", "series")
     pm = hd.pm.ParametricMap(
         source_images=list(source_datasets),
         pixel_array=stored,
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=output_uid(output_uid_seed, "pm", "instance"),
-        instance_number=1,
-        manufacturer=_MANUFACTURER,
-        manufacturer_model_name=model_name,
-        software_versions=model_version,
-        device_serial_number=_DEVICE_SERIAL,
+        **_series_and_device("pm", output_uid_seed, series_number, model_name, model_version),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[
@@ -307,8 +325,7 @@ def encode_segmentation(
         Frames holding no marked pixel are left out, unless no pixel is marked at all (then
         every frame is kept, empty, so the object stays valid).
     """
-    source_datasets = frame_ordered(source_datasets)
-    heat = _check_heatmap(source_datasets, heatmap)
+    source_datasets, heat = _ordered_and_checked(source_datasets, heatmap)
     mask = heat >= float(threshold)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model_name,
@@ -325,20 +342,12 @@ def encode_segmentation(
         tracking_uid=output_uid(output_uid_seed, "seg", "tracking"),
         tracking_id="PICARD suspected lesion",
     )
-    series_uid = output_uid(output_uid_seed, "seg", "series")
     seg = hd.seg.Segmentation(
         source_images=list(source_datasets),
         pixel_array=mask,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=output_uid(output_uid_seed, "seg", "instance"),
-        instance_number=1,
-        manufacturer=_MANUFACTURER,
-        manufacturer_model_name=model_name,
-        software_versions=model_version,
-        device_serial_number=_DEVICE_SERIAL,
+        **_series_and_device("seg", output_uid_seed, series_number, model_name, model_version),
         content_label="PICARD",
         content_description=f"{model_name} {model_version} MCD >= {threshold:g}",
         omit_empty_frames=bool(mask.any()),
@@ -444,8 +453,7 @@ def encode_sr(
         ``None`` when no score reaches ``threshold`` (TID 1500 needs at least one
         measurement group; the empty Segmentation already says "nothing found").
     """
-    source_datasets = frame_ordered(source_datasets)
-    heat = _check_heatmap(source_datasets, heatmap)
+    source_datasets, heat = _ordered_and_checked(source_datasets, heatmap)
     device = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
