@@ -28,7 +28,8 @@ def _settings() -> Settings:
     return current_app.conf.picard_settings
 
 
-@shared_task(name="picard.analyze", bind=True, max_retries=3, default_retry_delay=10)
+@shared_task(name="picard.analyze", bind=True, autoretry_for=(OSError,), max_retries=3,
+             retry_backoff=10, retry_backoff_max=300, retry_jitter=True)
 def analyze(self: Task, series_dir: str) -> str:
     """Score a spooled series; returns its result folder.
 
@@ -45,7 +46,8 @@ def analyze(self: Task, series_dir: str) -> str:
     return str(outcome.result_dir)
 
 
-@shared_task(name="picard.encode", bind=True, max_retries=3, default_retry_delay=5)
+@shared_task(name="picard.encode", bind=True, autoretry_for=(OSError,), max_retries=3,
+             retry_backoff=5, retry_backoff_max=120, retry_jitter=True)
 def encode(self: Task, result_dir: str) -> str:
     """Encode a result folder as DICOM objects; returns the same folder for ``export``."""
     pipeline.encode(Path(result_dir))

@@ -6,6 +6,7 @@ Orthanc's REST API) and in the node (one delivery marker per destination).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -33,6 +34,13 @@ def _node_and_pacs(tmp_path: Path, orthanc_factory, **node_kwargs):
 
 def _delivery_markers(spool: Path) -> list[Path]:
     return sorted(spool.glob("results/*/delivered/*"))
+
+
+def _deliveries(spool: Path) -> list[dict]:
+    """Audit records of successful deliveries."""
+    records = [json.loads(line) for f in sorted(spool.glob("audit/*.jsonl"))
+               for line in f.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("event") == "delivery" and r.get("outcome") == "delivered"]
 
 
 def _wait(predicate, timeout: float, what: str, node: NodeProcess, step: float = 0.2) -> None:
@@ -86,6 +94,26 @@ def test_kill_node_after_ack_processes_after_restart(tmp_path, orthanc_factory):
         node.stop()
 
 
+def test_resent_identical_study_gives_no_second_results(tmp_path, orthanc_factory):
+    node, port, orthanc = _node_and_pacs(tmp_path, orthanc_factory)
+    exam = make_exam(tmp_path / "exam", seed=25)
+    try:
+        node.start(port=port)
+        assert storescu(node.port, exam.files).returncode == 0
+        first = wait_for_results(orthanc, exam, tmp_path / "first", timeout=300)
+        check_results(first, exam)
+        assert storescu(node.port, exam.files).returncode == 0
+        time.sleep(8)  # two quiet periods and a job's worth of time for a duplicate to show
+        again = wait_for_results(orthanc, exam, tmp_path / "again", timeout=60)
+        check_results(again, exam)
+        assert len(orthanc.instances_of_study(exam.study_uid)) == sum(map(len, first.values()))
+        assert len(_delivery_markers(node.spool)) == 1
+        assert len(_deliveries(node.spool)) == 1, "the re-sent study was delivered again"
+        assert len(list(node.spool.glob("results/*/result.json"))) == 1
+    finally:
+        node.stop()
+
+
 def test_pacs_down_results_wait_in_outbox_then_arrive_once(tmp_path, orthanc_factory):
     node, port, orthanc = _node_and_pacs(
         tmp_path, orthanc_factory,
@@ -104,6 +132,7 @@ def test_pacs_down_results_wait_in_outbox_then_arrive_once(tmp_path, orthanc_fac
         check_results(results, exam)
         _wait(lambda: not outbox.entries(), 30, "the outbox to empty", node)
         assert len(_delivery_markers(node.spool)) == 1
+        assert len(_deliveries(node.spool)) == 1
     finally:
         node.stop()
 
@@ -175,5 +204,6 @@ def test_load_four_senders_five_exams_each(tmp_path, orthanc_factory):
               f"{len(_delivery_markers(node.spool))} deliveries")
         assert counts == {"studies": 20, "pm": 20, "seg": 20}
         assert len(_delivery_markers(node.spool)) == 20
+        assert len(_deliveries(node.spool)) == 20
     finally:
         node.stop()
