@@ -1,0 +1,50 @@
+"""The command line driven in-process: synth, offline score, argument errors."""
+
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from dicom_node.dciodvfy import dciodvfy_available, run_dciodvfy
+from workers.cli import _parse_destination, main
+
+PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def test_destination_syntax():
+    dest = _parse_destination("ORTHANC@127.0.0.1:4242")
+    assert (dest.ae_title, dest.host, dest.port) == ("ORTHANC", "127.0.0.1", 4242)
+    with pytest.raises(Exception, match="must look like AE@host:port"):
+        _parse_destination("ORTHANC:4242")
+
+
+def test_synth_then_offline_score(tmp_path, capsys):
+    exam = tmp_path / "exam"
+    assert main(["synth", str(exam), "--seed", "3", "--slices", "3", "--rows", "128",
+                 "--cols", "96", "--pixel-spacing", "0.4", "--laterality", "R"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert len(written["files"]) == 1 and (exam / "truth").is_dir()
+    assert main(["score", str(exam), "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["laterality"] == "R" and summary["shape"] == [3, 128, 96]
+    classes = {}
+    for path in summary["objects"]:
+        ds = pydicom.dcmread(path)
+        classes[str(ds.SOPClassUID)] = ds
+        assert ds.StudyInstanceUID == pydicom.dcmread(written["files"][0]).StudyInstanceUID
+        if dciodvfy_available():
+            errors, _ = run_dciodvfy(path)
+            assert errors == []
+    assert {PM_SOP_CLASS, SEG_SOP_CLASS} <= set(classes)
+    # scoring the same input again reuses the result: same objects, same UIDs
+    assert main(["score", str(exam), "--out", str(tmp_path / "out")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["objects"] == summary["objects"] and again["result_id"] == summary["result_id"]
+
+
+def test_score_without_dicom_fails_cleanly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["score", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
