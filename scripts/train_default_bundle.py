@@ -11,6 +11,10 @@ Stages (each resumable; run them in order or ``all``)::
 ``evaluate``: a validation set (seeds 5000+) picks the SEG threshold at 1 FP/volume; the
 held-out test set (seeds 9000+, >= 20 volumes with one 5-30 mm mass each) gives the metrics
 of every scoring variant with bootstrap CIs (:func:`models.evaluate.compare_methods`).
+The committed bundle came from ``train --minutes 40`` followed by ``train --minutes 25
+--resume`` (best validation L1 at iteration 7000), then ``evaluate`` and ``install``. For the
+baseline row, copy the previous bundle to ``<out>/initial_bundle`` before ``evaluate``
+(``git show <rev>:models/bundles/default/<file>``); without it the row is skipped.
 ``install``: writes the card (threshold, metrics, data description) into the bundle and
 copies it to ``models/bundles/default``.
 """
