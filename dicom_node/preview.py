@@ -18,7 +18,8 @@ def hot_colormap(values: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(image: np.ndarray, heatmap: np.ndarray, *, vmax: float, threshold: float,
-                   truth: np.ndarray | None = None, alpha: float = 0.5) -> Image.Image:
+                   truth: np.ndarray | None = None, alpha: float = 0.5,
+                   vmin: float = 0.0) -> Image.Image:
     """Blend a heatmap over a grey slice and outline the thresholded region.
 
     Parameters
@@ -29,6 +30,8 @@ def render_overlay(image: np.ndarray, heatmap: np.ndarray, *, vmax: float, thres
         Scores in model units.
     vmax : float
         Score drawn at full colour (e.g. the volume's maximum).
+    vmin : float
+        Scores at or below it are not coloured (default 0).
     threshold : float
         SEG threshold; pixels at or above it are outlined in cyan.
     truth : ndarray (rows, cols) of bool, optional
@@ -40,7 +43,7 @@ def render_overlay(image: np.ndarray, heatmap: np.ndarray, *, vmax: float, thres
     lo, hi = np.percentile(img, [1, 99.5])
     grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=-1) * 255
-    norm = np.clip(heatmap / max(vmax, 1e-12), 0, 1)
+    norm = np.clip((heatmap - vmin) / max(vmax - vmin, 1e-12), 0, 1)
     weight = (alpha * norm)[..., None]
     out = rgb * (1 - weight) + hot_colormap(norm).astype(np.float32) * weight
     for mask, colour in ((heatmap >= threshold, (0, 255, 255)), (truth, (0, 255, 0))):
@@ -71,7 +74,10 @@ def write_previews(volume: np.ndarray, heatmap: np.ndarray, out_dir: Path, *, th
     vmax = float(heatmap.max()) if heatmap.size else 1.0
     paths = []
     for z in sorted(int(i) for i in order):
-        img = render_overlay(volume[z], heatmap[z], vmax=vmax, threshold=threshold,
+        # colour only the upper range, from half the SEG threshold: normal tissue has
+        # non-zero scores too, and colouring all of it hides the anatomy
+        img = render_overlay(volume[z], heatmap[z], vmax=vmax, vmin=0.5 * threshold,
+                             threshold=threshold,
                              truth=None if truth is None else truth[z])
         path = out_dir / f"slice_{z + 1:03d}.png"
         img.save(path)
