@@ -84,16 +84,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         spool.mark_dispatched(ref, job_id)
         logger.info("series %s queued as job %s", ref.series_uid, job_id)
 
+    # What a previous run left unfinished, listed before the SCP can add new series:
+    # complete but never queued, and (embedded broker only, see _lost_embedded_jobs)
+    # queued but never finished, plus undelivered outbox entries.
+    leftover = spool.pending_series()
+    lost_series, lost_exports = _lost_embedded_jobs(settings, spool) if settings.embedded \
+        else ([], [])
     # The SCP starts first: a bad TLS file or allow-list entry stops the node before anything.
     scp = StorageSCP(settings, on_series_complete)
     scp.start()
     worker_proc = _spawn_embedded_worker(settings) if settings.embedded else None
-    if settings.embedded:
-        _recover_embedded_jobs(settings, spool, on_series_complete)
-    # Series that were complete but not yet queued when the node last stopped.
-    for ref in spool.pending_series():
-        logger.info("re-dispatching series %s left pending by a previous run", ref.series_uid)
+    for ref in lost_series + leftover:
+        logger.info("re-dispatching series %s left unfinished by a previous run", ref.series_uid)
         on_series_complete(ref)
+    if lost_exports:
+        from workers.tasks import dispatch_export
+
+        for result_dir in lost_exports:
+            logger.info("re-queuing export of %s from the outbox", Path(result_dir).name)
+            dispatch_export(result_dir)
     print(json.dumps({"event": "listening", "ae_title": settings.ae_title, "port": scp.port,
                       "embedded_worker": settings.embedded}), flush=True)
     stop = threading.Event()
@@ -115,25 +124,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recover_embedded_jobs(settings: Settings, spool, on_series_complete) -> None:
-    """Re-enqueue work the on-disk broker may have lost with a killed worker.
+def _lost_embedded_jobs(settings: Settings, spool) -> tuple[list, list[str]]:
+    """Work the on-disk broker may have lost with a killed worker.
 
     The filesystem transport removes a message when a worker takes it, so a job in flight
     (or waiting for a retry countdown) when the node died is gone. Every stage is idempotent,
     so queuing dispatched-but-not-done series and undelivered outbox entries again is safe.
+
+    Returns
+    -------
+    tuple
+        Series refs to dispatch again, result folders to export again.
     """
     from dicom_node.outbox import Outbox
 
-    from workers.tasks import dispatch_export
-
-    for ref in spool.all_series():
-        if spool.state(ref) == "dispatched":
-            logger.info("re-dispatching series %s (dispatched, never finished)", ref.series_uid)
-            on_series_complete(ref)
-    for entry in Outbox(settings.spool_dir).entries():
-        if entry.state == "pending":
-            logger.info("re-queuing export of %s from the outbox", entry.result_id)
-            dispatch_export(entry.result_dir)
+    series = [ref for ref in spool.all_series() if spool.state(ref) == "dispatched"]
+    exports = [e.result_dir for e in Outbox(settings.spool_dir).entries() if e.state == "pending"]
+    return series, exports
 
 
 def _spawn_embedded_worker(settings: Settings) -> subprocess.Popen:
