@@ -75,7 +75,10 @@ def test_echo_dcmtk_storescp(storescp: tuple[int, Path]) -> None:
 def test_peer_refusing_the_association(tmp_path: Path) -> None:
     proc, port = start_storescp(tmp_path / "out", "--refuse")
     try:
-        with pytest.raises(ExportError, match="rejected") as info:
+        # storescp --refuse sends A-ASSOCIATE-RJ and closes at once; under load pynetdicom
+        # sometimes sees the close first and reports an abort (seen in CI). Either way the
+        # association never came up and nothing counts as delivered.
+        with pytest.raises(ExportError, match="rejected|aborted") as info:
             send_datasets([write_multiframe(tmp_path / "mf.dcm")], ae_title="STORESCP",
                           host="127.0.0.1", port=port, calling_ae_title="PICARD")
         assert info.value.status is None
