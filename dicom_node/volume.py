@@ -157,6 +157,24 @@ def _load_series(
     return vol
 
 
+def group_by_series(inputs: Sequence[Path | str]) -> dict[str, list[Path]]:
+    """DICOM files of files and folders (recursively, ``*.dcm``), by Series Instance UID.
+
+    Files under a ``truth`` folder (the ground truth written by ``picard-node synth``) are
+    left out. Returns ``{series_uid: [paths]}`` in input order; empty when nothing matched.
+    """
+    groups: dict[str, list[Path]] = {}
+    for item in map(Path, inputs):
+        files = sorted(item.rglob("*.dcm")) if item.is_dir() else [item]
+        for f in files:
+            if "truth" in f.parts:
+                continue
+            uid = pydicom.dcmread(f, stop_before_pixels=True,
+                                  specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
+            groups.setdefault(str(uid), []).append(f)
+    return groups
+
+
 def unflip(heatmap: np.ndarray, volume: LoadedVolume) -> np.ndarray:
     """Return ``heatmap`` in the source's stored orientation.
 

@@ -235,24 +235,17 @@ def cmd_model_import_official(args: argparse.Namespace) -> int:
 def _training_arrays(inputs: list[Path], spacing_mm: float) -> list:
     """Normal training data: DICOM series (resampled to ``spacing_mm``) or image folders."""
     import numpy as np
-    import pydicom
     from scipy.ndimage import zoom
 
-    from dicom_node.volume import load_series
+    from dicom_node.volume import group_by_series, load_series
     from models.train import load_image_folder
 
     arrays = []
     for item in inputs:
-        dicoms = sorted(item.rglob("*.dcm")) if item.is_dir() else [item]
-        dicoms = [f for f in dicoms if "truth" not in f.parts]
-        if not dicoms:
+        by_series = group_by_series([item])
+        if not by_series:
             arrays.extend(load_image_folder(item))
             continue
-        by_series: dict[str, list[Path]] = {}
-        for f in dicoms:
-            uid = pydicom.dcmread(f, stop_before_pixels=True,
-                                  specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
-            by_series.setdefault(str(uid), []).append(f)
         for files in by_series.values():
             vol = load_series(files)
             factors = (1.0, vol.pixel_spacing_mm[0] / spacing_mm, vol.pixel_spacing_mm[1] / spacing_mm)

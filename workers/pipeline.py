@@ -27,7 +27,7 @@ from dicom_node.encode import encode_results
 from dicom_node.audit import AuditLog
 from dicom_node.scu import ExportError, send_to_destination
 from dicom_node.spool import Spool, atomic_write_bytes
-from dicom_node.volume import load_series, unflip
+from dicom_node.volume import group_by_series, load_series, unflip
 
 logger = logging.getLogger(__name__)
 
@@ -242,16 +242,7 @@ def run_offline(inputs: list[Path], out_dir: Path, *, bundle: Path | None = None
     Inputs are grouped by Series Instance UID; each series gets a result folder under
     ``out_dir``. Returns the result folders.
     """
-    groups: dict[str, list[Path]] = {}
-    for item in inputs:
-        item = Path(item)
-        files = sorted(item.rglob("*.dcm")) if item.is_dir() else [item]
-        for f in files:
-            if "truth" in f.parts:
-                continue
-            uid = pydicom.dcmread(f, stop_before_pixels=True,
-                                  specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
-            groups.setdefault(str(uid), []).append(f)
+    groups = group_by_series(inputs)
     if not groups:
         raise FileNotFoundError(f"no DICOM files found in {[str(i) for i in inputs]}")
     results = []
