@@ -17,11 +17,14 @@ cuts it in four independent, switchable ways (:class:`InferenceConfig`):
   the top ``1 - refine_quantile`` of the slice, and interpolate the others from the
   coarse grid.
 * ``first_samples`` / ``sample_quantile`` -- draw ``first_samples`` completions for every
-  window; only windows whose running minimum is still in the top ``1 - sample_quantile``
-  get the remaining ``M - first_samples`` (the minimum can only fall, so a window that is
-  already low stays low). Stopped windows are scaled by the median ratio final/first of
-  the fully sampled windows of the same slice (``sample_rescale``), so the two groups stay
-  on one scale. Only for ``reduce="min"`` metrics.
+  window; only windows whose partial score is still in the top ``1 - sample_quantile``
+  get the remaining ``M - first_samples``. For ``reduce="min"`` the minimum can only fall,
+  so a window that is already low stays low; stopped windows are scaled by the median
+  ratio final/first of the fully sampled windows of the same slice (``sample_rescale``),
+  so the two groups stay on one scale. For ``reduce="mean"`` the partial mean is already
+  an unbiased estimate of the full one, so stopped windows keep it unscaled; only its
+  variance is larger, and only on windows far below the slice's high scores. Not for
+  ``reduce="median"``.
 
 Engineering switches (``amp``, ``channels_last``, ``compile``, ``prefetch``) change how
 the work runs, not what is computed; ``amp``/``channels_last`` default to ``auto`` = on for
@@ -75,7 +78,8 @@ class InferenceConfig:
         Fast: windows whose first-sample distance is at or above this quantile (of the
         slice's coarse windows) get all M samples (0 = all windows get M).
     sample_rescale : bool
-        Fast: scale stopped windows by the median final/first ratio of the slice.
+        Fast: scale stopped windows by the median final/first ratio of the slice
+        (``min`` reduction only; a partial mean needs no scaling).
     share_conv1 : bool
         Fast: compute the coarse network's first convolution once per window.
     amp : {"auto", "off", "bf16", "fp16"}
@@ -335,7 +339,7 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
     m : int
         Samples per window (M).
     reduce : {"min", "mean", "median"}
-        Sample reduction; sample stopping applies to ``min`` only.
+        Sample reduction; sample stopping applies to ``min`` and ``mean``.
     stats : InferenceStats
         Updated in place.
     progress : callable, optional
@@ -353,7 +357,7 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
     stats.windows_total += int(valid.size)
     stats.windows_tissue += int(valid.sum())
     mask = centred_mask(config.window, config.hole, device=device)
-    staged = reduce == "min" and cfg.first_samples < m
+    staged = reduce in ("min", "mean") and cfg.first_samples < m
     total = int(valid.sum())
     done = 0
 
@@ -388,14 +392,19 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
         if not staged:
             d = reduce_all(run(idx, m))
             return d, d, float("-inf")
-        first = run(idx, cfg.first_samples).min(axis=1)
+        k = cfg.first_samples
+        d_first = run(idx, k)
+        first = d_first.min(axis=1) if reduce == "min" else d_first.mean(axis=1)
         if tau is None:
             tau = _quantile(first, cfg.sample_quantile)
         go = first >= tau
         final = np.full(first.shape, np.nan, np.float32)
         if go.any():
-            rest = run(idx[go], m - cfg.first_samples).min(axis=1)
-            final[go] = np.minimum(first[go], rest)
+            d_rest = run(idx[go], m - k)
+            if reduce == "min":
+                final[go] = np.minimum(first[go], d_rest.min(axis=1))
+            else:
+                final[go] = (first[go] * k + d_rest.sum(axis=1)) / m
         return first, final, tau
 
     f = cfg.coarse_factor
@@ -406,7 +415,7 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
     first_a, final_a, tau = score(idx_a, None)
     full = ~np.isnan(final_a)
     ratio = 1.0
-    if staged and cfg.sample_rescale and full.any():
+    if staged and reduce == "min" and cfg.sample_rescale and full.any():
         ok = full & (first_a > 0)
         if ok.any():
             ratio = float(np.median(final_a[ok] / first_a[ok]))

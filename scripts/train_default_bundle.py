@@ -103,7 +103,7 @@ def stage_train(out: Path, minutes: float, resume: bool) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["train", "evaluate", "install", "all"])
+    ap.add_argument("stage", choices=["train", "evaluate", "compare-p", "install", "all"])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "default")
     ap.add_argument("--minutes", type=float, default=40.0)
     ap.add_argument("--resume", action="store_true")
@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         stage_train(args.out, args.minutes, args.resume)
     if args.stage in ("evaluate", "all"):
         stage_evaluate(args.out, args.n_boot)
+    if args.stage in ("compare-p", "all"):
+        stage_compare_p(args.out, args.n_boot)
     if args.stage in ("install", "all"):
         stage_install(args.out)
     return 0
@@ -234,6 +236,47 @@ def stage_evaluate(out: Path, n_boot: int) -> dict:
     (out / "evaluation.md").write_text(result["table"] + "\n")
     logger.info("evaluation written to %s", out / "evaluation.json")
     return report
+
+
+def best_p_per_rule(selection: dict[str, dict]) -> dict[str, float]:
+    """For each dropout scoring rule, the p with the best validation selection score."""
+    best: dict[str, tuple[float, float]] = {}
+    for key, values in selection.items():
+        row, _, p = key.rpartition(" p=")
+        if not ROW_TO_CARD[row][2]:
+            continue
+        if row not in best or values["selection_score"] > best[row][1]:
+            best[row] = (float(p), values["selection_score"])
+    return {row: p for row, (p, _) in best.items()}
+
+
+def stage_compare_p(out: Path, n_boot: int) -> dict:
+    """Test-set comparison with every dropout rule at its own validation-chosen p.
+
+    ``evaluate`` compares all rules at the p of the shipped rule; MCD's best p on the
+    validation phantoms can differ, and the MCD-vs-single question is only fair at MCD's own
+    p. For each distinct p, :func:`models.evaluate.compare_methods` runs on the test set (the
+    single-completion rows do not depend on p and are the same in every run).
+    """
+    from models.evaluate import compare_methods
+    from models.picard import Picard
+
+    report = json.loads((out / "evaluation.json").read_text())
+    per_rule = best_p_per_rule(report["validation_selection"])
+    logger.info("validation-chosen p per rule: %s", per_rule)
+    model = Picard.from_bundle(out / "bundle")
+    test = lesion_volumes(TEST_SEEDS)
+    runs = {}
+    for p in sorted(set(per_rule.values()), reverse=True):
+        model.card["dropout"]["p"] = p
+        print(f"\n== test set, dropout p = {p} (rules whose validation-chosen p this is: "
+              f"{sorted(r for r, q in per_rule.items() if q == p)})")
+        runs[str(p)] = compare_methods(model, test, m=10, n_boot=n_boot, seed=0,
+                                       slices=eval_slices, progress=False, print_table=True)
+    result = {"per_rule_p": per_rule, "runs": runs}
+    (out / "evaluation_per_rule_p.json").write_text(json.dumps(result, indent=1, default=float))
+    logger.info("written %s", out / "evaluation_per_rule_p.json")
+    return result
 
 
 def stage_install(out: Path) -> Path:

@@ -143,9 +143,47 @@ def test_sample_stopping_draws_all_samples_only_for_high_windows():
         assert np.all(grid[sw.fraction >= 0.5] > 0)
 
 
-def test_mean_reduction_disables_sample_stopping(model):
+class ConstantDistances:
+    """Every sample of a window has the same distance (hole mean + 2): any partial mean is
+    the full mean, so staged and unstaged mean scores must agree exactly."""
+
+    def __call__(self, windows: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+        base = (windows * mask).sum(dim=(1, 2, 3)) / mask.sum() + 2.0
+        return base[:, None].expand(-1, k)
+
+
+def test_sample_stopping_for_mean_keeps_the_partial_mean_unscaled():
+    cfg = HeatmapConfig(window=32, hole=16, stride=8, batch_size=1000, min_tissue_fraction=0.5)
+    sw = prepare_slice(half_tissue_image(), cfg)
+    n_valid = int((sw.fraction >= 0.5).sum())
+    grids, completions = [], []
+    for q in (0.0, 0.75):
+        stats = InferenceStats(mode="fast")
+        icfg = InferenceConfig(coarse_factor=1, first_samples=2, sample_quantile=q)
+        grids.append(fast_slice_grid(sw, ConstantDistances(), cfg, icfg, m=6, reduce="mean",
+                                     stats=stats))
+        completions.append(stats.completions)
+    assert completions[0] == n_valid * 6
+    assert n_valid * 2 < completions[1] < completions[0]
+    np.testing.assert_allclose(grids[1], grids[0], rtol=1e-6)
+
+
+def test_sample_stopping_for_mean_averages_all_samples_of_high_windows():
+    cfg = HeatmapConfig(window=32, hole=16, stride=8, batch_size=1000, min_tissue_fraction=0.5)
+    sw = prepare_slice(half_tissue_image(), cfg)
+    stats = InferenceStats(mode="fast")
+    # first draw (k=2): distances 1, 2 -> partial mean 1.5; later draw (k=4): 10 each
+    scorer = lambda w, mask, k: torch.full((w.shape[0], k), 10.0) if k == 4 else \
+        torch.tensor([[1.0, 2.0]]).expand(w.shape[0], -1)
+    icfg = InferenceConfig(coarse_factor=1, first_samples=2, sample_quantile=0.0)
+    grid = fast_slice_grid(sw, scorer, cfg, icfg, m=6, reduce="mean", stats=stats)
+    inside = sw.fraction >= 0.5
+    np.testing.assert_allclose(grid[inside], (1 + 2 + 4 * 10) / 6, rtol=1e-6)
+
+
+def test_median_reduction_disables_sample_stopping(model):
     image = half_tissue_image()
-    model.heatmap(image, mode="fast", metric="MeanCD_image", coarse_factor=1)
+    model.heatmap(image, mode="fast", metric="MedCD_image", coarse_factor=1)
     st = model.last_stats
     assert st.completions == st.windows_computed * model.card["M"]
 
