@@ -466,7 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``picard-node``."""
     parser = build_parser()
-    ns = parser.parse_args(args)
+    argv = list(sys.argv[1:] if args is None else args)
+    ns, extra = parser.parse_known_args(argv)
+    if getattr(ns, "func", None) is cmd_bench:
+        # argparse.REMAINDER does not take a list that starts with an option, so
+        # everything after "bench" goes to the benchmark's own parser as it was typed
+        ns.bench_args = argv[argv.index("bench") + 1:]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _configure_logging(ns.log_level)
     try:
         return int(ns.func(ns) or 0)

@@ -48,3 +48,19 @@ def test_synth_then_offline_score(tmp_path, capsys):
 def test_score_without_dicom_fails_cleanly(tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["score", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_bench_options_reach_the_benchmark(tmp_path):
+    out = tmp_path / "bench.json"
+    rc = main(["--log-level", "warning", "bench", "--size", "tiny", "--volumes", "1",
+               "--modes", "exact", "--raw-seconds", "0.1", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["size"] == "tiny" and result["volumes"] == 1
+    assert list(result["modes"]) == ["exact"]
+
+
+def test_unknown_option_of_another_command_is_still_an_error():
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "--no-such-option"])
+    assert exc.value.code == 2
