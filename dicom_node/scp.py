@@ -69,7 +69,7 @@ import pynetdicom.dimse_messages as _dimse_messages
 from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
@@ -576,14 +576,65 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+#: Largest buffer one ``recv`` call allocates up front (a PDU's length comes from the peer).
+RECV_BUFFER_MAX = 4 * 1024 * 1024
+
+
+class _FastReceiveSocket(AssociationSocket):
+    """pynetdicom's association socket with a receive loop that does not cost a Python
+    round trip per 4 KiB: the PDU is read with ``recv_into`` straight into one buffer
+    (at most :data:`RECV_BUFFER_MAX` at a time). Same contract: blocks until ``nr_bytes``
+    are read, returns fewer only when the peer closed the connection."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = self.socket
+        assert sock is not None
+        out = bytearray()
+        while len(out) < nr_bytes:
+            want = min(nr_bytes - len(out), RECV_BUFFER_MAX)
+            buf = bytearray(want)
+            view = memoryview(buf)
+            got = 0
+            while got < want:
+                n = sock.recv_into(view[got:], want - got)
+                if not n:
+                    break
+                got += n
+            view.release()
+            if not out and got == want == nr_bytes:
+                return buf  # the usual case: the whole PDU in one buffer, no copy
+            out += buf[:got]
+            if got < want:
+                break  # connection closed: return what arrived, as pynetdicom does
+        return out
+
+
+class _NodeRequestHandler(RequestHandler):
+    """Creates each association with a :class:`_FastReceiveSocket`."""
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        # pynetdicom builds the socket inside this method; only its recv differs, so the
+        # instance changes class rather than being created a second time (which would
+        # queue a second transport-connection event)
+        assoc.dul.socket.__class__ = _FastReceiveSocket
+        return assoc
+
+
 class _NodeServer(ThreadedAssociationServer):
-    """Association server whose TLS handshake runs in the connection's thread.
+    """Association server whose TLS handshake runs in the connection's thread, with the
+    faster receive loop of :class:`_FastReceiveSocket`.
 
     pynetdicom's server wraps each accepted socket in the accept loop, which handshakes
     there: one silent client would stall every other. Here the socket is wrapped without
     handshaking; the handshake runs in the connection's own thread with a time limit, and a
     failure is reported to ``ae.tls_failed(address, exc)`` and the connection closed.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("request_handler") is None:
+            kwargs["request_handler"] = _NodeRequestHandler
+        super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()  # type: ignore[union-attr]
