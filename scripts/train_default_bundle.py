@@ -279,6 +279,21 @@ def stage_compare_p(out: Path, n_boot: int) -> dict:
     return result
 
 
+def _per_rule_summary(result: dict) -> dict:
+    """Card entry from ``stage_compare_p``: each rule at its p, and MCD - single at MCD's p."""
+    runs = result["runs"]
+    rows = {row: {"p": p, **runs[str(p)]["methods"][row]}
+            for row, p in result["per_rule_p"].items()}
+    any_run = next(iter(runs.values()))
+    for row, (_, _, drop) in ROW_TO_CARD.items():
+        if not drop:
+            rows[row] = {"p": 0.0, **any_run["methods"][row]}
+    mcd_p = result["per_rule_p"]["MCD image (M=10)"]
+    return {"methods": rows, "mcd_p": mcd_p, "mcd_minus_single": runs[str(mcd_p)]["paired"],
+            "note": "dropout p of each rule chosen on the validation phantoms among "
+                    f"{list(P_GRID)}; single-completion rows use no dropout"}
+
+
 def stage_install(out: Path) -> Path:
     """Card with threshold and metrics -> models/bundles/default."""
     from models.picard import Picard
@@ -322,6 +337,10 @@ def stage_install(out: Path) -> Path:
             "table": test["table"],
         },
     )
+    per_rule_file = out / "evaluation_per_rule_p.json"
+    if per_rule_file.is_file():
+        card["metrics"]["test_each_rule_at_its_validation_p"] = _per_rule_summary(
+            json.loads(per_rule_file.read_text()))
     final = out / "bundle_final"
     model.save_bundle(final, card)
     dest = ROOT / "models" / "bundles" / "default"
