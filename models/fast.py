@@ -18,7 +18,8 @@ cuts it in four independent, switchable ways (:class:`InferenceConfig`):
   coarse grid.
 * ``first_samples`` / ``sample_quantile`` -- draw ``first_samples`` completions for every
   window; only windows whose partial score is still in the top ``1 - sample_quantile``
-  get the remaining ``M - first_samples``. For ``reduce="min"`` the minimum can only fall,
+  get the remaining ``M - first_samples``. With a coarse pass, only the refinement windows
+  stop early: the coarse windows steer the refinement and always get all M. For ``reduce="min"`` the minimum can only fall,
   so a window that is already low stays low; stopped windows are scaled by the median
   ratio final/first of the fully sampled windows of the same slice (``sample_rescale``),
   so the two groups stay on one scale. For ``reduce="mean"`` the partial mean is already
@@ -386,15 +387,27 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
             return d.mean(axis=1)
         return np.sort(d, axis=1)[:, (d.shape[1] - 1) // 2]  # lower median, as torch
 
-    def score(idx: np.ndarray, tau: float | None) -> tuple[np.ndarray, np.ndarray, float]:
-        """Scores of windows idx; returns (first, final, tau) with final NaN for stopped."""
+    def partial(d: np.ndarray) -> np.ndarray:
+        return d.min(axis=1) if reduce == "min" else d.mean(axis=1)
+
+    def score(idx: np.ndarray, tau: float | None, *, all_samples: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Scores of windows idx; returns (first, final, tau) with final NaN for stopped.
+
+        ``all_samples``: draw all M for every window (``first`` is still the partial score
+        of the first samples, so ``tau`` and the rescaling ratio come out on its scale).
+        """
         stats.windows_computed += len(idx)
         if not staged:
             d = reduce_all(run(idx, m))
             return d, d, float("-inf")
         k = cfg.first_samples
+        if all_samples:
+            d = run(idx, m)
+            first = partial(d[:, :k])
+            return first, reduce_all(d), _quantile(first, cfg.sample_quantile)
         d_first = run(idx, k)
-        first = d_first.min(axis=1) if reduce == "min" else d_first.mean(axis=1)
+        first = partial(d_first)
         if tau is None:
             tau = _quantile(first, cfg.sample_quantile)
         go = first >= tau
@@ -412,7 +425,11 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
     on_coarse = np.zeros_like(valid)
     on_coarse[np.ix_(rows, cols)] = True
     idx_a = np.argwhere(valid & on_coarse)
-    first_a, final_a, tau = score(idx_a, None)
+    # With a coarse pass, its windows decide where to refine and are interpolated into the
+    # rest, so they get all M samples: a window stopped after one unlucky sample would
+    # switch off the refinement of its whole neighbourhood (measured: with MeanCD, pixel
+    # AUROC fell from 0.96 to 0.84 when coarse windows could stop early).
+    first_a, final_a, tau = score(idx_a, None, all_samples=f > 1)
     full = ~np.isnan(final_a)
     ratio = 1.0
     if staged and reduce == "min" and cfg.sample_rescale and full.any():
