@@ -54,6 +54,8 @@ __all__ = ["MODES", "AMP_MODES", "InferenceConfig", "InferenceStats", "complete_
            "fast_slice_grid", "INFERENCE_KEYS"]
 
 MODES = ("fast", "exact")
+#: default ``first_samples`` per sample reduction (see :class:`InferenceConfig`)
+FIRST_SAMPLES = {"min": 1, "mean": 5}
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 _AUTO = ("auto", True, False)
 
@@ -73,8 +75,11 @@ class InferenceConfig:
     refine_quantile : float
         Fast: full-stride windows are scored next to coarse windows at or above this
         quantile of the slice's coarse scores (0 refines everything).
-    first_samples : int
+    first_samples : int or None
         Fast: completions drawn for every window before deciding whether to draw all M.
+        None (default) = per reduction, chosen by measurement (:data:`FIRST_SAMPLES`): 1
+        for ``min``, 5 for ``mean`` (a mean of 1-2 dropout samples is too noisy to stop
+        on: default bundle, 12 volumes, pixel AUROC 0.76 at 1 and 0.95 at 5, exact 0.95).
     sample_quantile : float
         Fast: windows whose first-sample distance is at or above this quantile (of the
         slice's coarse windows) get all M samples (0 = all windows get M).
@@ -97,7 +102,7 @@ class InferenceConfig:
     slice_step: int = 4
     coarse_factor: int = 2
     refine_quantile: float = 0.75
-    first_samples: int = 1
+    first_samples: int | None = None
     sample_quantile: float = 0.75
     sample_rescale: bool = True
     share_conv1: bool = True
@@ -111,6 +116,8 @@ class InferenceConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         for name in ("slice_step", "coarse_factor", "first_samples"):
             v = getattr(self, name)
+            if v is None and name == "first_samples":
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         for name in ("refine_quantile", "sample_quantile"):
@@ -137,6 +144,12 @@ class InferenceConfig:
                              f"allowed: {sorted(known)}")
         entry.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**entry)
+
+    def resolved_first_samples(self, reduce: str) -> int:
+        """``first_samples``, or the measured default for ``reduce`` when it is None."""
+        if self.first_samples is not None:
+            return self.first_samples
+        return FIRST_SAMPLES.get(reduce, 1)
 
     def resolved_amp(self, device: torch.device) -> torch.dtype | None:
         """Autocast dtype for this mode on ``device`` (None = float32)."""
@@ -358,7 +371,8 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
     stats.windows_total += int(valid.size)
     stats.windows_tissue += int(valid.sum())
     mask = centred_mask(config.window, config.hole, device=device)
-    staged = reduce in ("min", "mean") and cfg.first_samples < m
+    k = cfg.resolved_first_samples(reduce)
+    staged = reduce in ("min", "mean") and k < m
     total = int(valid.sum())
     done = 0
 
@@ -401,7 +415,6 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
         if not staged:
             d = reduce_all(run(idx, m))
             return d, d, float("-inf")
-        k = cfg.first_samples
         if all_samples:
             d = run(idx, m)
             first = partial(d[:, :k])

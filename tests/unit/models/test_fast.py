@@ -255,3 +255,27 @@ def test_coarse_windows_get_all_samples_and_refinement_windows_may_stop():
     assert calls[1] == 2  # refinement windows start with first_samples
     valid = int((sw.fraction >= 0.5).sum())
     assert stats.windows_computed == valid and stats.completions < valid * 6
+
+
+def test_first_samples_default_depends_on_the_reduction():
+    cfg = InferenceConfig()
+    assert cfg.first_samples is None
+    assert cfg.resolved_first_samples("min") == 1
+    assert cfg.resolved_first_samples("mean") == 5
+    assert InferenceConfig(first_samples=3).resolved_first_samples("mean") == 3
+    with pytest.raises(ValueError, match="first_samples must be an integer"):
+        InferenceConfig(first_samples=0)
+
+
+def test_default_mean_stopping_draws_five_samples_first():
+    cfg = HeatmapConfig(window=32, hole=16, stride=8, batch_size=1000, min_tissue_fraction=0.5)
+    sw = prepare_slice(half_tissue_image(), cfg)
+    calls: list[int] = []
+
+    def scorer(w: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+        calls.append(k)
+        return ConstantDistances()(w, mask, k)
+
+    fast_slice_grid(sw, scorer, cfg, InferenceConfig(coarse_factor=1), m=10, reduce="mean",
+                    stats=InferenceStats(mode="fast"))
+    assert calls[0] == 5
