@@ -152,6 +152,16 @@ class ConstantDistances:
         return base[:, None].expand(-1, k)
 
 
+def recording(scorer, calls: list[int]):
+    """``scorer`` that also appends each call's sample count ``k`` to ``calls``."""
+
+    def wrapped(w: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+        calls.append(k)
+        return scorer(w, mask, k)
+
+    return wrapped
+
+
 def test_sample_stopping_for_mean_keeps_the_partial_mean_unscaled():
     cfg = HeatmapConfig(window=32, hole=16, stride=8, batch_size=1000, min_tissue_fraction=0.5)
     sw = prepare_slice(half_tissue_image(), cfg)
@@ -242,11 +252,7 @@ def test_coarse_windows_get_all_samples_and_refinement_windows_may_stop():
     cfg = HeatmapConfig(window=32, hole=16, stride=8, batch_size=1000, min_tissue_fraction=0.5)
     sw = prepare_slice(half_tissue_image(), cfg)
     calls: list[int] = []
-
-    def scorer(w: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
-        calls.append(k)
-        return ConstantDistances()(w, mask, k)
-
+    scorer = recording(ConstantDistances(), calls)
     stats = InferenceStats(mode="fast")
     icfg = InferenceConfig(coarse_factor=2, refine_quantile=0.0, first_samples=2,
                            sample_quantile=0.75)
@@ -271,11 +277,7 @@ def test_default_mean_stopping_draws_five_samples_first():
     cfg = HeatmapConfig(window=32, hole=16, stride=8, batch_size=1000, min_tissue_fraction=0.5)
     sw = prepare_slice(half_tissue_image(), cfg)
     calls: list[int] = []
-
-    def scorer(w: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
-        calls.append(k)
-        return ConstantDistances()(w, mask, k)
-
+    scorer = recording(ConstantDistances(), calls)
     fast_slice_grid(sw, scorer, cfg, InferenceConfig(coarse_factor=1), m=10, reduce="mean",
                     stats=InferenceStats(mode="fast"))
     assert calls[0] == 5
