@@ -4,6 +4,7 @@ Stages (each resumable; run them in order or ``all``)::
 
     python scripts/train_default_bundle.py train    [--minutes 40] [--out runs/default]
     python scripts/train_default_bundle.py evaluate [--out runs/default]
+    python scripts/train_default_bundle.py compare-p [--out runs/default]
     python scripts/train_default_bundle.py install  [--out runs/default]
 
 ``train``: normal phantoms (lesions=0, fixed seeds, 0.4 mm pixels, CC/MLO, densities
@@ -11,8 +12,11 @@ Stages (each resumable; run them in order or ``all``)::
 ``evaluate``: a validation set (seeds 5000+) picks the SEG threshold at 1 FP/volume; the
 held-out test set (seeds 9000+, >= 20 volumes with one 5-30 mm mass each) gives the metrics
 of every scoring variant with bootstrap CIs (:func:`models.evaluate.compare_methods`).
+``compare-p``: the test comparison again with each dropout rule at its own
+validation-chosen p (MCD's best p differs from the shipped rule's).
 The committed bundle came from ``train --minutes 40`` followed by ``train --minutes 25
---resume`` (best validation L1 at iteration 7000), then ``evaluate`` and ``install``. For the
+--resume`` (best validation L1 at iteration 7000), then ``evaluate``, ``compare-p`` and
+``install``. For the
 baseline row, copy the previous bundle to ``<out>/initial_bundle`` before ``evaluate``
 (``git show <rev>:models/bundles/default/<file>``); without it the row is skipped.
 ``install``: writes the card (threshold, metrics, data description) into the bundle and
