@@ -19,13 +19,13 @@ cuts it in four independent, switchable ways (:class:`InferenceConfig`):
 * ``first_samples`` / ``sample_quantile`` -- draw ``first_samples`` completions for every
   window; only windows whose partial score is still in the top ``1 - sample_quantile``
   get the remaining ``M - first_samples``. With a coarse pass, only the refinement windows
-  stop early: the coarse windows steer the refinement and always get all M. For ``reduce="min"`` the minimum can only fall,
-  so a window that is already low stays low; stopped windows are scaled by the median
-  ratio final/first of the fully sampled windows of the same slice (``sample_rescale``),
-  so the two groups stay on one scale. For ``reduce="mean"`` the partial mean is already
-  an unbiased estimate of the full one, so stopped windows keep it unscaled; only its
-  variance is larger, and only on windows far below the slice's high scores. Not for
-  ``reduce="median"``.
+  stop early: the coarse windows steer the refinement and always get all M. For
+  ``reduce="min"`` the minimum can only fall, so a window that is already low stays low;
+  stopped windows are scaled by the median ratio final/first of the fully sampled windows
+  of the same slice (``sample_rescale``), so the two groups stay on one scale. For
+  ``reduce="mean"`` the partial mean is already an unbiased estimate of the full one, so
+  stopped windows keep it unscaled; only its variance is larger, and only on windows far
+  below the slice's high scores. Not for ``reduce="median"``.
 
 Engineering switches (``amp``, ``channels_last``, ``compile``, ``prefetch``) change how
 the work runs, not what is computed; ``amp``/``channels_last`` default to ``auto`` = on for
@@ -401,9 +401,6 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
             return d.mean(axis=1)
         return np.sort(d, axis=1)[:, (d.shape[1] - 1) // 2]  # lower median, as torch
 
-    def partial(d: np.ndarray) -> np.ndarray:
-        return d.min(axis=1) if reduce == "min" else d.mean(axis=1)
-
     def score(idx: np.ndarray, tau: float | None, *, all_samples: bool = False
               ) -> tuple[np.ndarray, np.ndarray, float]:
         """Scores of windows idx; returns (first, final, tau) with final NaN for stopped.
@@ -417,10 +414,10 @@ def fast_slice_grid(sw: SliceWindows, sample_distances: SampleScorer, config: He
             return d, d, float("-inf")
         if all_samples:
             d = run(idx, m)
-            first = partial(d[:, :k])
+            first = reduce_all(d[:, :k])
             return first, reduce_all(d), _quantile(first, cfg.sample_quantile)
         d_first = run(idx, k)
-        first = partial(d_first)
+        first = reduce_all(d_first)
         if tau is None:
             tau = _quantile(first, cfg.sample_quantile)
         go = first >= tau
