@@ -260,7 +260,8 @@ def stage_compare_p(out: Path, n_boot: int) -> dict:
     ``evaluate`` compares all rules at the p of the shipped rule; MCD's best p on the
     validation phantoms can differ, and the MCD-vs-single question is only fair at MCD's own
     p. For each distinct p, :func:`models.evaluate.compare_methods` runs on the test set (the
-    single-completion rows do not depend on p and are the same in every run).
+    single-completion rows do not depend on p and are the same in every run); at the p that
+    ``evaluate`` already compared at, with the same bootstrap size, its result is reused.
     """
     from models.evaluate import compare_methods
     from models.picard import Picard
@@ -272,9 +273,14 @@ def stage_compare_p(out: Path, n_boot: int) -> dict:
     test = lesion_volumes(TEST_SEEDS)
     runs = {}
     for p in sorted(set(per_rule.values()), reverse=True):
-        model.card["dropout"]["p"] = p
         print(f"\n== test set, dropout p = {p} (rules whose validation-chosen p this is: "
               f"{sorted(r for r, q in per_rule.items() if q == p)})")
+        done = report["test"]
+        if p == report["comparison_dropout_p"] and done["settings"]["n_boot"] == n_boot:
+            print(done["table"])  # same phantoms, seed and p as evaluate: its result stands
+            runs[str(p)] = done
+            continue
+        model.card["dropout"]["p"] = p
         runs[str(p)] = compare_methods(model, test, m=10, n_boot=n_boot, seed=0,
                                        slices=eval_slices, progress=False, print_table=True)
     result = {"per_rule_p": per_rule, "runs": runs}
