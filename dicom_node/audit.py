@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dicom_node.spool import fsync_path
+
 logger = logging.getLogger(__name__)
 
 #: Sub-folder of the spool holding the audit files.
@@ -172,7 +174,7 @@ class AuditLog:
             new_dir = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
             if new_dir:
-                _fsync_dir(self.directory.parent)
+                fsync_path(self.directory.parent, directory=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 os.write(fd, line)
@@ -215,14 +217,3 @@ class AuditLog:
             with open(path, encoding="ascii") as fh:
                 out.extend(json.loads(line) for line in fh if line.strip())
         return out
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

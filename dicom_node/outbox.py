@@ -13,11 +13,22 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from dicom_node.spool import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
+
+OUTBOX_DIR = "outbox"
+DEAD_LETTER_DIR = "dead-letter"
+
+
+class OutboxState(StrEnum):
+    """Where an undelivered result waits."""
+
+    PENDING = "pending"  # retried automatically with backoff
+    DEAD_LETTER = "dead-letter"  # gave up; ``picard-node outbox retry`` revives it
 
 
 @dataclass
@@ -38,8 +49,8 @@ class OutboxEntry:
         Message of the last failure ("" before any).
     last_attempt : float
         Unix time of the last failure (0 before any).
-    state : str
-        ``"pending"`` or ``"dead-letter"``.
+    state : OutboxState
+        ``pending`` or ``dead-letter``.
     """
 
     result_id: str
@@ -48,15 +59,18 @@ class OutboxEntry:
     attempts: int = 0
     last_error: str = ""
     last_attempt: float = 0.0
-    state: str = "pending"
+    state: OutboxState = OutboxState.PENDING
+
+    def __post_init__(self) -> None:
+        self.state = OutboxState(self.state)
 
 
 class Outbox:
     """Outbox and dead-letter folders of a spool."""
 
     def __init__(self, spool_dir: Path | str) -> None:
-        self.pending_dir = Path(spool_dir) / "outbox"
-        self.dead_dir = Path(spool_dir) / "dead-letter"
+        self.pending_dir = Path(spool_dir) / OUTBOX_DIR
+        self.dead_dir = Path(spool_dir) / DEAD_LETTER_DIR
         self.pending_dir.mkdir(parents=True, exist_ok=True)
         self.dead_dir.mkdir(parents=True, exist_ok=True)
 
@@ -64,7 +78,7 @@ class Outbox:
         return (self.dead_dir if dead else self.pending_dir) / f"{result_id}.json"
 
     def _write(self, entry: OutboxEntry) -> None:
-        atomic_write_bytes(self._path(entry.result_id, entry.state == "dead-letter"),
+        atomic_write_bytes(self._path(entry.result_id, entry.state is OutboxState.DEAD_LETTER),
                            json.dumps(asdict(entry), indent=1).encode())
 
     def get(self, result_id: str) -> OutboxEntry | None:
@@ -104,7 +118,7 @@ class Outbox:
         entry = self.get(result_id)
         if entry is None:
             raise KeyError(f"result {result_id!r} is not in the outbox")
-        entry.state = "dead-letter"
+        entry.state = OutboxState.DEAD_LETTER
         self._write(entry)
         self._path(result_id).unlink(missing_ok=True)
         logger.error("result %s moved to the dead-letter folder after %d attempts: %s",
@@ -116,7 +130,7 @@ class Outbox:
         entry = self.get(result_id)
         if entry is None:
             raise KeyError(f"result {result_id!r} is neither in the outbox nor dead-lettered")
-        entry.state = "pending"
+        entry.state = OutboxState.PENDING
         entry.first_attempt = time.time()
         self._write(entry)
         self._path(result_id, dead=True).unlink(missing_ok=True)

@@ -38,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -49,8 +50,19 @@ QUARANTINE_DIR = "quarantine"
 TMP_DIR = "tmp"
 #: Hidden folder inside a series folder holding its state markers.
 STATE_DIR = ".state"
+
+
+class SeriesState(StrEnum):
+    """States of a spooled series, in the order it passes through them (marker names)."""
+
+    RECEIVED = "received"
+    COMPLETE = "complete"
+    DISPATCHED = "dispatched"
+    DONE = "done"
+
+
 #: Marker names, in the order a series passes through them.
-MARKERS = ("received", "complete", "dispatched", "done")
+MARKERS: tuple[SeriesState, ...] = tuple(SeriesState)
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _NAME_RE = re.compile(r"[^0-9A-Za-z._-]")
@@ -254,6 +266,21 @@ class Spool:
         series = check_uid(series_uid, "SeriesInstanceUID")
         return SeriesRef(study, series, str(self.incoming_dir / study / series))
 
+    def series_ref_of(self, directory: Path | str) -> SeriesRef:
+        """The reference of the series stored in `directory`.
+
+        Raises
+        ------
+        SpoolError
+            If `directory` is not a series folder of this spool.
+        """
+        directory = Path(directory)
+        ref = self.series_ref(directory.parent.name, directory.name)
+        if Path(ref.directory).resolve() != directory.resolve():
+            raise SpoolError(f"{str(directory)!r} is not a series folder of the spool "
+                             f"{str(self.root)!r}")
+        return ref
+
     def instance_path(self, ref: SeriesRef, sop_instance_uid: str) -> Path:
         """Final path of an instance of `ref`."""
         return Path(ref.directory) / f"{check_uid(sop_instance_uid, 'SOPInstanceUID')}.dcm"
@@ -340,12 +367,14 @@ class Spool:
         return dst
 
     # ------------------------------------------------------------------ series state
-    def _marker(self, ref: SeriesRef, name: str) -> Path:
-        if name not in MARKERS:
-            raise ValueError(f"marker {name!r} is not one of {MARKERS}")
-        return Path(ref.directory) / STATE_DIR / f"{name}.json"
+    def _marker(self, ref: SeriesRef, name: SeriesState | str) -> Path:
+        try:
+            state = SeriesState(name)
+        except ValueError:
+            raise ValueError(f"marker {name!r} is not one of {[str(m) for m in MARKERS]}") from None
+        return Path(ref.directory) / STATE_DIR / f"{state}.json"
 
-    def _write_marker(self, ref: SeriesRef, name: str, **fields: Any) -> None:
+    def _write_marker(self, ref: SeriesRef, name: SeriesState, **fields: Any) -> None:
         path = self._marker(ref, name)
         if not path.parent.is_dir():
             _makedirs_durable(path.parent)
@@ -353,50 +382,62 @@ class Spool:
                 **fields}
         atomic_write_bytes(path, json.dumps(body, sort_keys=True).encode())
 
-    def read_marker(self, ref: SeriesRef, name: str) -> dict[str, Any] | None:
+    def _clear_markers(self, ref: SeriesRef, *states: SeriesState) -> None:
+        for state in states:
+            _unlink_quietly(self._marker(ref, state))
+
+    def read_marker(self, ref: SeriesRef, name: SeriesState | str) -> dict[str, Any] | None:
         """Content of a state marker, or ``None`` if it is not set."""
         try:
             return json.loads(self._marker(ref, name).read_text())
         except FileNotFoundError:
             return None
 
-    def state(self, ref: SeriesRef) -> str | None:
-        """The furthest marker set for a series (``"received"`` … ``"done"``), or ``None``."""
+    def state(self, ref: SeriesRef) -> SeriesState | None:
+        """The furthest state marker set for a series, or ``None``."""
         current = None
-        for name in MARKERS:
-            if self._marker(ref, name).exists():
-                current = name
+        for state in MARKERS:
+            if self._marker(ref, state).exists():
+                current = state
         return current
 
     def mark_received(self, ref: SeriesRef) -> None:
         """Record that the series has instances in the spool (idempotent)."""
-        if not self._marker(ref, "received").exists():
-            self._write_marker(ref, "received")
+        if not self._marker(ref, SeriesState.RECEIVED).exists():
+            self._write_marker(ref, SeriesState.RECEIVED)
 
     def mark_complete(self, ref: SeriesRef, *, reason: str) -> None:
         """Record that the series is complete, e.g. ``reason="quiet period"``.
 
         Clears ``dispatched`` and ``done`` from an earlier round: the series needs a new job.
         """
-        for name in ("done", "dispatched"):
-            _unlink_quietly(self._marker(ref, name))
-        self._write_marker(ref, "complete", reason=reason)
+        self._clear_markers(ref, SeriesState.DONE, SeriesState.DISPATCHED)
+        self._write_marker(ref, SeriesState.COMPLETE, reason=reason)
 
     def mark_dispatched(self, ref: SeriesRef, job_id: str | None) -> None:
         """Record that the series was handed to a job (`job_id` may be ``None``)."""
-        self._write_marker(ref, "dispatched", job_id=job_id)
+        self._write_marker(ref, SeriesState.DISPATCHED, job_id=job_id)
 
     def mark_done(self, ref: SeriesRef) -> None:
         """Record that the series' job finished."""
-        self._write_marker(ref, "done")
+        self._write_marker(ref, SeriesState.DONE)
 
     def reopen(self, ref: SeriesRef) -> None:
         """Clear ``complete``/``dispatched``/``done`` after a new instance arrived late."""
-        for name in ("done", "dispatched", "complete"):
-            _unlink_quietly(self._marker(ref, name))
+        self._clear_markers(ref, SeriesState.DONE, SeriesState.DISPATCHED, SeriesState.COMPLETE)
         state_dir = Path(ref.directory) / STATE_DIR
         if state_dir.is_dir():
             fsync_path(state_dir, directory=True)
+
+    def quarantine_series(self, ref: SeriesRef, reason: str) -> None:
+        """Move every instance of a series that cannot be analyzed to the quarantine.
+
+        The series is marked done afterwards, so a restarted node does not dispatch it again.
+        """
+        for f in self.series_files(ref):
+            self.quarantine(f, name=f.name, reason=reason)
+        self.mark_done(ref)
+        logger.error("quarantined series %s: %s", ref.series_uid, reason)
 
     def all_series(self) -> list[SeriesRef]:
         """Every series folder in the spool (sorted by study, then series UID)."""
@@ -406,13 +447,17 @@ class Spool:
                 refs.append(SeriesRef(study_dir.name, series_dir.name, str(series_dir)))
         return refs
 
+    def series_in(self, state: SeriesState) -> list[SeriesRef]:
+        """Series whose furthest marker is `state`."""
+        return [ref for ref in self.all_series() if self.state(ref) == state]
+
     def pending_series(self) -> list[SeriesRef]:
         """Series that are complete but were never dispatched."""
-        return [ref for ref in self.all_series() if self.state(ref) == "complete"]
+        return self.series_in(SeriesState.COMPLETE)
 
     def open_series(self) -> list[SeriesRef]:
         """Series that received instances but are not complete yet (e.g. after a crash)."""
-        return [ref for ref in self.all_series() if self.state(ref) == "received"]
+        return self.series_in(SeriesState.RECEIVED)
 
 
 def pending_series(spool_dir: Path | str) -> list[SeriesRef]:

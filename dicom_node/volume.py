@@ -11,10 +11,7 @@ column 0: right breasts, stored with the chest wall at the last column, are mirr
 (frame ``k`` is frame ``k + 1`` of the source) and are sorted along the slice normal for a
 per-slice series (frame ``k`` belongs to ``source_datasets[k]``).
 
-Laterality comes from the header (Frame Anatomy ``FrameLaterality``, shared or per frame,
-then ``ImageLaterality``, then ``Laterality``) and is checked against the pixels: the chest
-wall is the side edge holding more tissue. When the two disagree the pixels win and a
-warning is logged, because header laterality is known to be wrong on some public images.
+Laterality: see :mod:`dicom_node.laterality` (header checked against the pixels).
 """
 
 from __future__ import annotations
@@ -27,20 +24,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import BreastTomosynthesisImageStorage
+
+from dicom_node.laterality import (LateralityError, header_laterality,
+                                   header_laterality_multiframe, resolve_laterality)
 
 logger = logging.getLogger(__name__)
 
 #: Breast Tomosynthesis Image Storage.
-BTO_SOP_CLASS_UID = UID("1.2.840.10008.5.1.4.1.1.13.1.3")
+BTO_SOP_CLASS_UID = BreastTomosynthesisImageStorage
 
 #: Largest accepted (frames, rows, columns).
 MAX_SHAPE: tuple[int, int, int] = (512, 4096, 4096)
 #: Largest accepted float32 volume, bytes (default 4 GiB).
 MAX_BYTES: int = 4 * 1024**3
-
-#: Relative difference of edge tissue below which the pixels do not tell the side.
-_SIDE_MARGIN = 0.15
 
 
 class VolumeError(ValueError):
@@ -173,6 +170,30 @@ def group_by_series(inputs: Sequence[Path | str]) -> dict[str, list[Path]]:
                                   specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
             groups.setdefault(str(uid), []).append(f)
     return groups
+
+
+def load_at_spacing(paths: Sequence[Path | str], spacing_mm: float) -> np.ndarray:
+    """Load a series (:func:`load_series`) and resample it in-plane to `spacing_mm`.
+
+    Parameters
+    ----------
+    paths : sequence of Path or str
+        The instance files of one series.
+    spacing_mm : float
+        Wanted pixel spacing (rows and columns), mm; bilinear resampling.
+
+    Returns
+    -------
+    numpy.ndarray
+        (frames, rows', cols') float32 in [0, 1], chest wall at column 0.
+    """
+    from scipy.ndimage import zoom
+
+    volume = load_series(paths)
+    factors = (1.0, volume.pixel_spacing_mm[0] / spacing_mm,
+               volume.pixel_spacing_mm[1] / spacing_mm)
+    pixels = volume.pixels if factors == (1.0, 1.0, 1.0) else zoom(volume.pixels, factors, order=1)
+    return np.clip(pixels, 0, 1).astype(np.float32)
 
 
 def unflip(heatmap: np.ndarray, volume: LoadedVolume) -> np.ndarray:
@@ -424,7 +445,11 @@ def _load_multiframe(
     stored = _decode(ds, frames, rows, cols)
     pixels = _normalise(stored, ds, bits_stored)
     del ds.PixelData
-    header_lat = _header_laterality_multiframe(ds, per_frame)
+    frame_anatomy = [_fg_item(ds, item, "FrameAnatomySequence") for item in per_frame or [None]]
+    try:
+        header_lat = header_laterality_multiframe(ds, frame_anatomy)
+    except LateralityError as exc:
+        raise VolumeError(str(exc)) from exc
     return _orient(pixels, header_lat, spacing, [ds], thickness)
 
 
@@ -462,7 +487,7 @@ def _load_single_frames(
         bits_stored = int(ds.BitsStored)
         pixels[k] = _normalise(_decode(ds, 1, rows, cols), ds, bits_stored)[0]
         del ds.PixelData
-    lats = {_header_laterality_single(ds) for ds in sorted_ds} - {None}
+    lats = {header_laterality(ds) for ds in sorted_ds} - {None}
     if len(lats) > 1:
         raise VolumeError(f"instances disagree on laterality {sorted(lats)}")
     header_lat = lats.pop() if lats else None
@@ -533,61 +558,6 @@ def _fg_attr(ds: Dataset, seq: str, attr: str) -> object:
     return item.get(attr) if item is not None else None
 
 
-# --------------------------------------------------------------------------- laterality
-
-
-def _lat_value(value: object) -> str | None:
-    text = str(value or "").strip().upper()
-    return text if text in ("L", "R") else None
-
-
-def _header_laterality_multiframe(ds: Dataset, per_frame: list[Dataset]) -> str | None:
-    values = set()
-    for item in per_frame or [None]:
-        fa = _fg_item(ds, item, "FrameAnatomySequence")
-        if fa is not None:
-            lat = _lat_value(fa.get("FrameLaterality"))
-            if lat:
-                values.add(lat)
-    if len(values) > 1:
-        raise VolumeError(f"frames disagree on FrameLaterality {sorted(values)}")
-    if values:
-        return values.pop()
-    return _header_laterality_single(ds)
-
-
-def _header_laterality_single(ds: Dataset) -> str | None:
-    for attr in ("ImageLaterality", "Laterality"):
-        lat = _lat_value(ds.get(attr))
-        if lat:
-            return lat
-    return None
-
-
-def chest_wall_side(pixels: np.ndarray) -> str | None:
-    """Which side edge holds the tissue: ``"left"`` (column 0), ``"right"`` or ``None``.
-
-    Parameters
-    ----------
-    pixels : numpy.ndarray
-        (frames, rows, cols) or (rows, cols), values in [0, 1], 0 = air.
-
-    Returns
-    -------
-    str or None
-        ``None`` when both edges hold about the same tissue (relative difference below
-        15 %) or the image is empty.
-    """
-    img = pixels.mean(axis=0) if pixels.ndim == 3 else pixels
-    band = max(1, img.shape[1] // 20)
-    left = float(img[:, :band].mean())
-    right = float(img[:, -band:].mean())
-    top = max(left, right)
-    if top <= 1e-6 or abs(left - right) < _SIDE_MARGIN * top:
-        return None
-    return "left" if left > right else "right"
-
-
 def _orient(
     pixels: np.ndarray,
     header_lat: str | None,
@@ -595,22 +565,7 @@ def _orient(
     datasets: list[Dataset],
     thickness: float | None,
 ) -> LoadedVolume:
-    side = chest_wall_side(pixels)
-    pixel_lat = {"left": "L", "right": "R", None: None}[side]
-    if pixel_lat is None:
-        lat = header_lat or "L"
-        if header_lat is None:
-            logger.warning("no laterality in the header and none visible in the pixels; assuming L")
-    else:
-        lat = pixel_lat
-        if header_lat is not None and header_lat != pixel_lat:
-            logger.warning(
-                "header laterality %s disagrees with the pixels (chest wall on the %s); "
-                "using %s",
-                header_lat,
-                side,
-                pixel_lat,
-            )
+    lat = resolve_laterality(pixels, header_lat)
     flipped = lat == "R"
     if flipped:
         pixels = np.ascontiguousarray(pixels[..., ::-1])

@@ -3,9 +3,14 @@
 >>> from models import Picard
 >>> model = Picard.from_bundle()            # models/bundles/default
 >>> heat = model.heatmap(slice_01)          # (H, W) MCD scores
+
+The core modules are :mod:`models.networks`, :mod:`models.picard`, :mod:`models.heatmap`,
+:mod:`models.fast` and :mod:`models.bundle`. Training, evaluation, benchmarks, synthetic
+phantoms and bundle making live in the lab wing :mod:`models.lab`, which imports the core;
+the core never imports the lab.
 """
 
-from models.bundle import default_bundle_path, import_official, make_initial_bundle
+from models.bundle import default_bundle_path, import_official, read_bundle, write_bundle
 from models.picard import Picard
 
-__all__ = ["Picard", "default_bundle_path", "import_official", "make_initial_bundle"]
+__all__ = ["Picard", "default_bundle_path", "import_official", "read_bundle", "write_bundle"]

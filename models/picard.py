@@ -6,18 +6,18 @@ window is masked and completed M times with channel dropout left on, and the win
 scored by the minimum completion distance (MCD) between the real centre and its
 completions, in image space (L2 over the hole pixels) or in the feature space of the
 local critic. :class:`Picard` wraps the networks of :mod:`models.networks` with the
-settings of a model card (:mod:`models.bundle`).
+settings of a model card; reading and writing weights and cards is :mod:`models.bundle`'s
+job (this module imports it, never the reverse).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
-import math
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from models import bundle as _bundle
 from models import fast as _fast
 from models.fast import INFERENCE_KEYS, InferenceConfig, InferenceStats
 from models.heatmap import HeatmapConfig, prepare_slice, sliding_window_heatmap, upsample_scores
-from models.networks import CompletionNetwork, Critic, count_parameters
+from models.networks import CompletionNetwork, Critic
 
 logger = logging.getLogger(__name__)
 
@@ -67,35 +67,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
-def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop a ``module.`` prefix left by ``nn.DataParallel``."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _infer_ngf(gen_state: dict[str, torch.Tensor]) -> tuple[int, int]:
-    key = "coarse_generator.conv1.conv.weight"
-    if key not in gen_state:
-        raise ValueError(f"generator state_dict lacks {key!r}: not a PICARD/DeepFill-v1 generator "
-                         f"(first keys: {list(gen_state)[:3]})")
-    w = gen_state[key]
-    return int(w.shape[0]), int(w.shape[1]) - 2
-
-
-def _infer_critic(state: dict[str, torch.Tensor], which: str) -> tuple[int, int]:
-    """(ndf, input side) of a critic state_dict."""
-    try:
-        ndf = int(state["dis_conv_module.conv1.conv.weight"].shape[0])
-        features = int(state["linear.weight"].shape[1])
-    except KeyError as exc:
-        raise ValueError(f"{which} critic state_dict lacks {exc.args[0]!r}") from exc
-    side = math.isqrt(features // (4 * ndf))
-    if 4 * ndf * side * side != features:
-        raise ValueError(f"{which} critic linear layer has {features} inputs, not 4*ndf*s^2")
-    return ndf, 16 * side
-
-
 class Picard:
     """A PICARD model: completion network, critics and the model card.
 
@@ -126,13 +97,7 @@ class Picard:
         card = dict(card) if card is not None else _bundle.official_card()
         card["architecture"] = dict(card.get("architecture", {}))
         card["architecture"].update(
-            ngf=generator.ngf, ndf=local_critic.ndf,
-            local_critic_input=local_critic.input_size,
-            global_critic_input=global_critic.input_size if global_critic else None,
-            parameters={"generator": count_parameters(generator),
-                        "local_critic": count_parameters(local_critic),
-                        "global_critic": count_parameters(global_critic) if global_critic else 0},
-        )
+            _bundle.architecture_entry(generator, local_critic, global_critic))
         self.card: dict[str, Any] = _bundle.validate_card(card)
         generator.set_dropout(self.card["dropout"]["layers"], self.card["dropout"]["p"])
         self.generator = generator.to(self.device).eval().requires_grad_(False)
@@ -150,27 +115,10 @@ class Picard:
                          dis_state: dict[str, dict[str, torch.Tensor]],
                          device: str | torch.device = "cpu", *, ngf: int | None = None,
                          card: dict[str, Any] | None = None) -> Picard:
-        """Build from an official-format generator state_dict and ``{"localD", "globalD"}``."""
-        gen_state = _strip_prefix(gen_state)
-        found_ngf, channels = _infer_ngf(gen_state)
-        if ngf is not None and ngf != found_ngf:
-            raise ValueError(f"ngf={ngf} given but the generator weights have ngf={found_ngf}")
-        if not isinstance(dis_state, dict) or "localD" not in dis_state:
-            raise ValueError("critic checkpoint must be a dict with 'localD' (and 'globalD'), got "
-                             f"keys {list(dis_state)[:4] if isinstance(dis_state, dict) else type(dis_state)}")
-        generator = CompletionNetwork(found_ngf, in_channels=channels)
-        generator.load_state_dict(gen_state, strict=True)
-        local_state = _strip_prefix(dis_state["localD"])
-        ndf, local_side = _infer_critic(local_state, "local")
-        local = Critic(ndf, local_side, in_channels=channels)
-        local.load_state_dict(local_state, strict=True)
-        global_ = None
-        if dis_state.get("globalD"):
-            global_state = _strip_prefix(dis_state["globalD"])
-            gndf, global_side = _infer_critic(global_state, "global")
-            global_ = Critic(gndf, global_side, in_channels=channels)
-            global_.load_state_dict(global_state, strict=True)
-        return cls(generator, local, global_, card=card, device=device)
+        """Build from an official-format generator state_dict and ``{"localD", "globalD"}``
+        (:func:`models.bundle.networks_from_state_dicts`)."""
+        nets = _bundle.networks_from_state_dicts(gen_state, dis_state, ngf=ngf)
+        return cls(*nets, card=card, device=device)
 
     @classmethod
     def from_official(cls, gen_path: str | Path, dis_path: str | Path,
@@ -192,12 +140,7 @@ class Picard:
             Model card; default :func:`models.bundle.official_card`.
         """
         resolve_device(device)
-        for path in (gen_path, dis_path):
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"checkpoint {path} does not exist")
-        gen = torch.load(gen_path, map_location="cpu", weights_only=True)
-        dis = torch.load(dis_path, map_location="cpu", weights_only=True)
-        logger.info("loaded official checkpoints %s, %s", gen_path, dis_path)
+        gen, dis = _bundle.read_official(gen_path, dis_path)
         return cls.from_state_dicts(gen, dis, device, ngf=ngf, card=card)
 
     @classmethod

@@ -8,10 +8,10 @@ Stages (each resumable; run them in order or ``all``)::
     python scripts/train_default_bundle.py install  [--out runs/default]
 
 ``train``: normal phantoms (lesions=0, fixed seeds, 0.4 mm pixels, CC/MLO, densities
-0.2-0.8) -> :func:`models.train.train` (checkpoints in ``--out``; ``--resume`` continues).
+0.2-0.8) -> :func:`models.lab.train.train` (checkpoints in ``--out``; ``--resume`` continues).
 ``evaluate``: a validation set (seeds 5000+) picks the SEG threshold at 1 FP/volume; the
 held-out test set (seeds 9000+, >= 20 volumes with one 5-30 mm mass each) gives the metrics
-of every scoring variant with bootstrap CIs (:func:`models.evaluate.compare_methods`).
+of every scoring variant with bootstrap CIs (:func:`models.lab.evaluate.compare_methods`).
 ``compare-p``: the test comparison again with each dropout rule at its own
 validation-chosen p (MCD's best p differs from the shipped rule's).
 The committed bundle came from ``train --minutes 40`` followed by ``train --minutes 25
@@ -39,8 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.phantom import make_phantom  # noqa: E402
-from models.train import TrainConfig, train, write_bundle_from_checkpoint  # noqa: E402
+from models.lab.phantom import make_phantom  # noqa: E402
+from models.lab.train import TrainConfig, train  # noqa: E402
 
 logger = logging.getLogger("train_default_bundle")
 
@@ -135,7 +135,7 @@ def _heatmaps(model, exams, slices_of) -> list[np.ndarray]:
 
 
 def _views(exams, slices_of) -> list:
-    from models.evaluate import _SliceView
+    from models.lab.evaluate import _SliceView
 
     return [_SliceView(e, slices_of(e)) for e in exams]
 
@@ -158,8 +158,8 @@ def _select_on_validation(model, val) -> tuple[dict, dict]:
     Criterion: pixel AUROC + mean lesion sensitivity at 0.5/1/2/4 FP per volume.
     Returns the selection table and the chosen entry (with its SEG threshold at 1 FP/volume).
     """
-    from models.evaluate import (METHODS, bootstrap_metrics, evaluate_cases, method_heatmaps,
-                                 threshold_for_fp_rate)
+    from models.lab.evaluate import METHODS, evaluate_cases, method_heatmaps
+    from models.lab.metrics import bootstrap_metrics, threshold_for_fp_rate
 
     views = _views(val, eval_slices)
     table: dict[str, dict] = {}
@@ -194,7 +194,8 @@ def _select_on_validation(model, val) -> tuple[dict, dict]:
 
 def stage_evaluate(out: Path, n_boot: int) -> dict:
     """Choose scoring rule, dropout p and threshold on validation; metrics on the test set."""
-    from models.evaluate import bootstrap_metrics, compare_methods, evaluate_cases, format_table
+    from models.lab.evaluate import compare_methods, evaluate_cases, format_table
+    from models.lab.metrics import bootstrap_metrics
     from models.picard import Picard
 
     model = Picard.from_bundle(out / "bundle")
@@ -259,11 +260,11 @@ def stage_compare_p(out: Path, n_boot: int) -> dict:
 
     ``evaluate`` compares all rules at the p of the shipped rule; MCD's best p on the
     validation phantoms can differ, and the MCD-vs-single question is only fair at MCD's own
-    p. For each distinct p, :func:`models.evaluate.compare_methods` runs on the test set (the
+    p. For each distinct p, :func:`models.lab.evaluate.compare_methods` runs on the test set (the
     single-completion rows do not depend on p and are the same in every run); at the p that
     ``evaluate`` already compared at, with the same bootstrap size, its result is reused.
     """
-    from models.evaluate import compare_methods
+    from models.lab.evaluate import compare_methods
     from models.picard import Picard
 
     report = json.loads((out / "evaluation.json").read_text())

@@ -98,3 +98,16 @@ def set_app(app: Celery) -> None:
     """Install ``app`` as the process-wide app (the CLI does this after parsing options)."""
     global _app
     _app = app
+
+
+def install_app(settings: Settings) -> Celery:
+    """Build the app for `settings` and make it the one every thread of this process uses.
+
+    ``set_default`` as well as ``set_current``: ``current_app`` is thread-local, and the
+    SCP's series tracker dispatches from its own thread.
+    """
+    app = make_celery(settings)
+    app.set_default()
+    app.set_current()
+    set_app(app)
+    return app

@@ -9,16 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Sequence
-
-import yaml
 
 from dicom_node.config import CONFIG_PATH_ENV, Destination, Settings, load_settings
 
@@ -63,122 +57,26 @@ def _configure_logging(level: str) -> None:
 # --------------------------------------------------------------------------- serve / worker
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the storage SCP; enqueue complete series; embedded worker without a broker URL."""
-    from dicom_node.scp import StorageSCP
-    from dicom_node import spool as spool_mod
+    from workers.node import serve
 
-    from workers.celery_app import make_celery, set_app
-
-    settings = _settings_from_args(args)
-    settings.spool_dir.mkdir(parents=True, exist_ok=True)
-    app = make_celery(settings)
-    # set_default too: the SCP's monitor thread dispatches, and current_app is thread-local
-    app.set_default()
-    app.set_current()
-    set_app(app)
-    from workers.tasks import dispatch_series
-
-    spool = spool_mod.Spool(settings.spool_dir)
-
-    def on_series_complete(ref) -> None:
-        job_id = dispatch_series(ref.directory)
-        spool.mark_dispatched(ref, job_id)
-        logger.info("series %s queued as job %s", ref.series_uid, job_id)
-
-    # What a previous run left unfinished, listed before the SCP can add new series:
-    # complete but never queued, and (embedded broker only, see _lost_embedded_jobs)
-    # queued but never finished, plus undelivered outbox entries.
-    leftover = spool.pending_series()
-    lost_series, lost_exports = _lost_embedded_jobs(settings, spool) if settings.embedded \
-        else ([], [])
-    # The SCP starts first: a bad TLS file or allow-list entry stops the node before anything.
-    scp = StorageSCP(settings, on_series_complete)
-    scp.start()
-    worker_proc = _spawn_embedded_worker(settings) if settings.embedded else None
-    for ref in lost_series + leftover:
-        logger.info("re-dispatching series %s left unfinished by a previous run", ref.series_uid)
-        on_series_complete(ref)
-    if lost_exports:
-        from workers.tasks import dispatch_export
-
-        for result_dir in lost_exports:
-            logger.info("re-queuing export of %s from the outbox", Path(result_dir).name)
-            dispatch_export(result_dir)
-    print(json.dumps({"event": "listening", "ae_title": settings.ae_title, "port": scp.port,
-                      "embedded_worker": settings.embedded}), flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            if worker_proc is not None and worker_proc.poll() is not None:
-                logger.error("embedded worker exited with %s; restarting it", worker_proc.returncode)
-                worker_proc = _spawn_embedded_worker(settings)
-    finally:
-        scp.stop()
-        if worker_proc is not None:
-            worker_proc.terminate()
-            try:
-                worker_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                worker_proc.kill()
-    return 0
-
-
-def _lost_embedded_jobs(settings: Settings, spool) -> tuple[list, list[str]]:
-    """Work the on-disk broker may have lost with a killed worker.
-
-    The filesystem transport removes a message when a worker takes it, so a job in flight
-    (or waiting for a retry countdown) when the node died is gone. Every stage is idempotent,
-    so queuing dispatched-but-not-done series and undelivered outbox entries again is safe.
-
-    Returns
-    -------
-    tuple
-        Series refs to dispatch again, result folders to export again.
-    """
-    from dicom_node.outbox import Outbox
-
-    series = [ref for ref in spool.all_series() if spool.state(ref) == "dispatched"]
-    exports = [e.result_dir for e in Outbox(settings.spool_dir).entries() if e.state == "pending"]
-    return series, exports
-
-
-def _spawn_embedded_worker(settings: Settings) -> subprocess.Popen:
-    """Start ``picard-node worker`` as a child with the node's exact settings."""
-    settings_file = settings.spool_dir / "node-settings.yaml"
-    settings_file.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PICARD_")}
-    env[CONFIG_PATH_ENV] = str(settings_file.resolve())
-    cmd = [sys.executable, "-m", "workers.cli", "worker", "--config", str(settings_file.resolve())]
-    logger.info("starting embedded worker: %s", " ".join(cmd))
-    return subprocess.Popen(cmd, env=env)
+    return serve(_settings_from_args(args))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a Celery worker on the given queues."""
-    from workers.celery_app import make_celery, set_app
+    from workers.node import run_worker
 
-    settings = _settings_from_args(args)
-    app = make_celery(settings)
-    # set_default too: the SCP's monitor thread dispatches, and current_app is thread-local
-    app.set_default()
-    app.set_current()
-    set_app(app)
-    import workers.tasks  # noqa: F401  (registers the tasks)
-
-    argv = ["worker", "-Q", args.queues, "-c", str(args.concurrency or settings.worker_concurrency),
-            "-P", args.pool, "--loglevel", args.log_level.upper(),
-            "-n", f"picard-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
-    app.worker_main(argv)
-    return 0
+    return run_worker(_settings_from_args(args), queues=args.queues,
+                      concurrency=args.concurrency, pool=args.pool, log_level=args.log_level)
 
 
 # --------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
     """Write synthetic DBT exams (and their ground-truth SEG)."""
-    from dicom_node.synthetic import write_bto, write_truth_seg
-    from models.phantom import make_phantom
     from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+
+    from models.lab.phantom import make_phantom
+    from workers.synthetic_exams import write_exam
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,19 +87,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
                                cols=args.cols, laterality=args.laterality, view=args.view,
                                pixel_spacing_mm=args.pixel_spacing, density=args.density,
                                calcifications=args.calcifications)
-        exam_dir = out if args.count == 1 else out / f"exam_{seed:04d}"
-        exam_dir.mkdir(parents=True, exist_ok=True)
-        files = write_bto(phantom.volume, exam_dir, laterality=phantom.laterality,
-                          view=phantom.view, pixel_spacing_mm=phantom.pixel_spacing_mm,
-                          slice_thickness_mm=phantom.slice_thickness_mm, seed=seed,
-                          per_slice=args.per_slice,
-                          transfer_syntax=JPEG2000Lossless if args.jpeg2000 else ExplicitVRLittleEndian)
-        truth_dir = exam_dir / "truth"
-        truth_dir.mkdir(exist_ok=True)
-        truth = write_truth_seg(files, phantom.lesion_mask, truth_dir)
-        (truth_dir / "lesions.json").write_text(json.dumps(phantom.lesions, indent=2))
-        written.append({"seed": seed, "files": [str(f) for f in files], "truth": str(truth),
-                        "lesions": len(phantom.lesions)})
+        exam = write_exam(phantom, out if args.count == 1 else out / f"exam_{seed:04d}",
+                          seed=seed, per_slice=args.per_slice,
+                          transfer_syntax=JPEG2000Lossless if args.jpeg2000
+                          else ExplicitVRLittleEndian)
+        written.append({"seed": seed, "files": [str(f) for f in exam.files],
+                        "truth": str(exam.truth_seg), "lesions": len(phantom.lesions)})
     print(json.dumps(written if args.count > 1 else written[0], indent=2))
     return 0
 
@@ -209,13 +100,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- score
 def cmd_score(args: argparse.Namespace) -> int:
     """Analyze + encode files with no network."""
-    from workers.pipeline import run_offline, RESULT_FILE, OBJECTS_DIR
+    from dicom_node.results import ResultFolder
+    from workers.pipeline import run_offline
 
     results = run_offline([Path(p) for p in args.inputs], Path(args.out), bundle=args.model,
                           device=args.device or "cpu")
     for r in results:
-        summary = json.loads((r / RESULT_FILE).read_text())
-        summary["objects"] = sorted(str(p) for p in (r / OBJECTS_DIR).glob("*.dcm"))
+        folder = ResultFolder(r)
+        summary = folder.summary()
+        summary["objects"] = [str(p) for p in folder.objects()]
         print(json.dumps(summary, indent=2))
     return 0
 
@@ -234,23 +127,16 @@ def cmd_model_import_official(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- train / evaluate
 def _training_arrays(inputs: list[Path], spacing_mm: float) -> list:
     """Normal training data: DICOM series (resampled to ``spacing_mm``) or image folders."""
-    import numpy as np
-    from scipy.ndimage import zoom
-
-    from dicom_node.volume import group_by_series, load_series
-    from models.train import load_image_folder
+    from dicom_node.volume import group_by_series, load_at_spacing
+    from models.lab.train import load_image_folder
 
     arrays = []
     for item in inputs:
         by_series = group_by_series([item])
-        if not by_series:
+        if by_series:
+            arrays.extend(load_at_spacing(files, spacing_mm) for files in by_series.values())
+        else:
             arrays.extend(load_image_folder(item))
-            continue
-        for files in by_series.values():
-            vol = load_series(files)
-            factors = (1.0, vol.pixel_spacing_mm[0] / spacing_mm, vol.pixel_spacing_mm[1] / spacing_mm)
-            pixels = vol.pixels if factors == (1.0, 1.0, 1.0) else zoom(vol.pixels, factors, order=1)
-            arrays.append(np.clip(pixels, 0, 1).astype(np.float32))
     if not arrays:
         raise FileNotFoundError(f"no training data found in {[str(i) for i in inputs]}")
     return arrays
@@ -258,7 +144,7 @@ def _training_arrays(inputs: list[Path], spacing_mm: float) -> list:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a bundle on normal data (DICOM series or image folders)."""
-    from models.train import TrainConfig, train
+    from models.lab.train import TrainConfig, train
 
     config = TrainConfig(window=args.window, hole=args.hole, max_delta=args.max_delta,
                          stride=args.stride, pixel_spacing_mm=args.pixel_spacing, ngf=args.ngf,
@@ -274,8 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Compare MCD vs single completion vs mean distance on synthetic exams with truth."""
     from models import Picard
-    from models.evaluate import compare_methods
-    from models.phantom import make_phantom
+    from models.lab.evaluate import compare_methods
+    from models.lab.phantom import make_phantom
 
     model = Picard.from_bundle(args.model) if args.model else Picard.from_bundle()
     spacing = float(model.card["pixel_spacing_mm"])
@@ -308,11 +194,9 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             print(f"{e.result_id}  {e.state:<11}  attempts {e.attempts:<3} age {age:8.0f} s  "
                   f"{e.last_error[:100]}")
         return 0
-    from workers.celery_app import make_celery, set_app
+    from workers.celery_app import install_app
 
-    app = make_celery(settings)
-    app.set_default()
-    set_app(app)
+    install_app(settings)
     from workers.tasks import dispatch_export
 
     wanted = set(args.result_ids)
@@ -331,10 +215,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Speed and accuracy of the inference modes on this machine (``models.bench``)."""
-    from models.bench import main as bench_main
+    """Speed and accuracy of the inference modes on this machine (``workers.bench_cli``)."""
+    from workers.bench_cli import run_bench_command
 
-    return int(bench_main(args.bench_args) or 0)
+    return run_bench_command(args.bench_args)
 
 
 # --------------------------------------------------------------------------- demo

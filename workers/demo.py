@@ -16,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pynetdicom.sop_class import ParametricMapStorage, SegmentationStorage
 
-from dicom_node.archive import LocalArchive
-from dicom_node.preview import write_previews
 from dicom_node.scu import send_datasets
-from dicom_node.synthetic import write_bto, write_truth_seg
-from models.phantom import make_phantom
-
-PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+from dicom_node.standins.archive import LocalArchive
+from dicom_node.standins.preview import write_previews
+from dicom_node.results import ResultFolder, results_root
+from models.lab.phantom import make_phantom
+from workers.synthetic_exams import write_exam
 
 
 def parametric_map_values(ds: pydicom.Dataset) -> np.ndarray:
@@ -50,13 +49,7 @@ def run_demo(out: Path, *, seed: int = 7, timeout: float = 900) -> int:
     t0 = time.monotonic()
     phantom = make_phantom(seed=seed, lesions=2, slices=24, rows=512, cols=384, laterality="R",
                            view="CC")
-    exam_dir = out / "exam"
-    exam_dir.mkdir(exist_ok=True)
-    files = write_bto(phantom.volume, exam_dir, laterality=phantom.laterality, view=phantom.view,
-                      pixel_spacing_mm=phantom.pixel_spacing_mm,
-                      slice_thickness_mm=phantom.slice_thickness_mm, seed=seed)
-    (exam_dir / "truth").mkdir(exist_ok=True)
-    write_truth_seg(files, phantom.lesion_mask, exam_dir / "truth")
+    files = write_exam(phantom, out / "exam", seed=seed).files
     t_synth = time.monotonic() - t0
     print(f"synthetic exam: {files[0]} ({phantom.volume.shape[0]} slices "
           f"{phantom.volume.shape[1]}x{phantom.volume.shape[2]}, laterality "
@@ -98,8 +91,8 @@ def run_demo(out: Path, *, seed: int = 7, timeout: float = 900) -> int:
 
     pm, seg = results
     heatmap = parametric_map_values(pm)
-    result_json = next((out / "spool" / "results").glob("*/result.json"))
-    summary = json.loads(result_json.read_text())
+    (result_dir,) = [p for p in results_root(out / "spool").iterdir() if p.is_dir()]
+    summary = ResultFolder(result_dir).summary()
     previews = write_previews(phantom.volume, heatmap, out / "previews",
                               threshold=summary["threshold"], truth=phantom.lesion_mask)
     seg_frames = int(getattr(seg, "NumberOfFrames", 0))
@@ -125,7 +118,7 @@ def _wait_for_results(archive: LocalArchive, timeout: float):
         for path in list(archive.received):
             ds = pydicom.dcmread(path)
             found[str(ds.SOPClassUID)] = ds
-        if PM_SOP_CLASS in found and SEG_SOP_CLASS in found:
-            return found[PM_SOP_CLASS], found[SEG_SOP_CLASS]
+        if ParametricMapStorage in found and SegmentationStorage in found:
+            return found[ParametricMapStorage], found[SegmentationStorage]
         time.sleep(1.0)
     return None

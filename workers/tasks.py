@@ -7,16 +7,14 @@ with :func:`dispatch_series`. The work itself is in :mod:`workers.pipeline`.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from celery import Task, chain, current_app, shared_task
 from celery.exceptions import Reject
 
-from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
-from dicom_node.outbox import Outbox
-from dicom_node.scu import ExportError
+from dicom_node.results import results_root
+from dicom_node.spool import Spool
 from dicom_node.volume import VolumeError
 
 from workers import pipeline
@@ -38,10 +36,11 @@ def analyze(self: Task, series_dir: str) -> str:
     """
     settings = _settings()
     try:
-        outcome = pipeline.analyze(Path(series_dir), Path(settings.spool_dir) / "results",
+        outcome = pipeline.analyze(Path(series_dir), results_root(settings.spool_dir),
                                    bundle=settings.model_bundle, device=settings.device)
     except VolumeError as exc:
-        pipeline.quarantine_series(Path(series_dir), settings.spool_dir, str(exc))
+        spool = Spool(settings.spool_dir)
+        spool.quarantine_series(spool.series_ref_of(Path(series_dir)), str(exc))
         raise Reject(f"series {series_dir} quarantined: {exc}", requeue=False) from exc
     return str(outcome.result_dir)
 
@@ -62,33 +61,10 @@ def export(self: Task, result_dir: str) -> list[str]:
     the outbox and retries with exponential backoff; after ``dead_letter_after_seconds`` it
     moves to the dead-letter folder instead.
     """
-    settings = _settings()
-    if not settings.destinations:
-        logger.info("no destinations configured; results stay in %s", result_dir)
-        return []
-    outbox = Outbox(settings.spool_dir)
-    result_id = Path(result_dir).name
-    entry = outbox.open(result_id, result_dir)
-    if entry.state == "dead-letter":
-        logger.warning("result %s is dead-lettered; `picard-node outbox retry` resends it",
-                       result_id)
-        return []
-    try:
-        sent = pipeline.export(Path(result_dir), settings.destinations, settings.ae_title,
-                               audit=AuditLog(settings.spool_dir))
-    except (ExportError, ValueError, OSError) as exc:
-        entry = outbox.record_failure(result_id, f"{type(exc).__name__}: {exc}")
-        if time.time() - entry.first_attempt >= settings.dead_letter_after_seconds:
-            outbox.dead_letter(result_id)
-            return []
-        delay = min(settings.export_retry_max_seconds,
-                    settings.export_retry_base_seconds * 2 ** (entry.attempts - 1))
-        logger.warning("export of %s failed (attempt %d), retrying in %.0f s: %s",
-                       result_id, entry.attempts, delay, exc)
-        raise self.retry(exc=exc, countdown=delay)
-    outbox.delivered(result_id)
-    pipeline.mark_series_done(Path(result_dir), settings.spool_dir)
-    return sent
+    report = pipeline.export(Path(result_dir), _settings())
+    if report.retry_in is not None:
+        raise self.retry(exc=RuntimeError(report.error), countdown=report.retry_in)
+    return report.sent
 
 
 def dispatch_series(series_dir: str | Path) -> str:

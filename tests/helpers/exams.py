@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import ParametricMapStorage, SegmentationStorage
 
-from dicom_node.dciodvfy import run_dciodvfy
-from dicom_node.synthetic import write_bto
-from models.phantom import make_phantom
+from dicom_node.standins.dciodvfy import run_dciodvfy
+from models.lab.phantom import make_phantom
+from workers.synthetic_exams import write_exam
 
-PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+PM_SOP_CLASS = ParametricMapStorage
+SEG_SOP_CLASS = SegmentationStorage
 
 
 @dataclass
@@ -33,10 +34,7 @@ def make_exam(out: Path, *, seed: int, per_slice: bool = False, transfer_syntax=
                            laterality=laterality, pixel_spacing_mm=0.4,
                            lesion_diameter_mm=(12.0, 20.0))
     kwargs = {} if transfer_syntax is None else {"transfer_syntax": transfer_syntax}
-    files = write_bto(phantom.volume, out, laterality=phantom.laterality, view=phantom.view,
-                      pixel_spacing_mm=phantom.pixel_spacing_mm,
-                      slice_thickness_mm=phantom.slice_thickness_mm, seed=seed,
-                      per_slice=per_slice, **kwargs)
+    files = write_exam(phantom, out, seed=seed, per_slice=per_slice, truth=False, **kwargs).files
     ds = pydicom.dcmread(files[0], stop_before_pixels=True)
     return Exam(files, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
                 phantom.volume.shape[0], phantom.volume.shape[1], phantom.volume.shape[2])
@@ -47,6 +45,7 @@ def wait_for_results(orthanc, exam: Exam, dest: Path, timeout: float = 300) -> d
     dest.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     by_class: dict[str, list] = {}
+    settled = False
     while time.monotonic() < deadline:
         by_class = {}
         for inst in orthanc.instances_of_study(exam.study_uid):
@@ -54,8 +53,12 @@ def wait_for_results(orthanc, exam: Exam, dest: Path, timeout: float = 300) -> d
             ds = pydicom.dcmread(path)
             by_class.setdefault(str(ds.SOPClassUID), []).append((path, ds))
         if PM_SOP_CLASS in by_class and SEG_SOP_CLASS in by_class:
-            time.sleep(2.0)  # let any duplicate arrive before counting
-            return by_class
+            if settled:
+                return by_class
+            # let the rest of the delivery (the SR) and any duplicate arrive, then count again
+            settled = True
+            time.sleep(2.0)
+            continue
         time.sleep(1.0)
     raise AssertionError(f"no SEG + Parametric Map in Orthanc after {timeout} s; got {list(by_class)}")
 

@@ -14,16 +14,21 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_preamble, _read_file_meta_info
 from pydicom.uid import (
     UID,
+    BreastTomosynthesisImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    RTPlanStorage,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 
-BTO = UID("1.2.840.10008.5.1.4.1.1.13.1.3")  # Breast Tomosynthesis Image Storage
-SC = UID("1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture Image Storage
-MF_GRAY_WORD_SC = UID("1.2.840.10008.5.1.4.1.1.7.3")  # Multi-frame Grayscale Word SC
-DM_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.2")
-RT_PLAN = UID("1.2.840.10008.5.1.4.1.1.481.5")  # RT Plan Storage (not accepted by the node)
+BTO = BreastTomosynthesisImageStorage
+SC = SecondaryCaptureImageStorage
+MF_GRAY_WORD_SC = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+DM_PRESENTATION = DigitalMammographyXRayImageStorageForPresentation
+RT_PLAN = RTPlanStorage  # not accepted by the node
 
 
 def _base(sop_class: str, *, study_uid: str | None, series_uid: str | None,

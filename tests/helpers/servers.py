@@ -58,6 +58,19 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         pass
 
 
+def start_storescp(out_dir: Path, *extra: str, ae_title: str = "STORESCP"
+                   ) -> tuple[subprocess.Popen, int]:
+    """dcmtk ``storescp`` writing what it receives to `out_dir`; returns (process, port)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(["storescp", "-aet", ae_title, "-od", str(out_dir), "+xa",
+                             *extra, str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_for_port(port, timeout=10, proc=proc)
+    return proc, port
+
+
 class RedisServer:
     """A throw-away ``redis-server`` on a free port."""
 

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from dicom_node.dciodvfy import run_dciodvfy
+from dicom_node.standins.dciodvfy import run_dciodvfy
 from tests.helpers.exams import (PM_SOP_CLASS, SEG_SOP_CLASS, Exam, check_results, make_exam,
                                  wait_for_results)
 from tests.helpers.servers import NodeProcess, free_port, storescu
@@ -75,11 +75,11 @@ def test_round_trip_jpeg2000(tmp_path, orthanc_factory):
 
 def test_non_dbt_and_corrupt_are_refused_and_node_keeps_serving(tmp_path, orthanc_factory):
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, RTPlanStorage, generate_uid
 
     # an RT Plan: not an image the node accepts
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.5"
+    meta.MediaStorageSOPClassUID = RTPlanStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     rt = Dataset()
@@ -115,7 +115,7 @@ def test_non_dbt_and_corrupt_are_refused_and_node_keeps_serving(tmp_path, orthan
             raise AssertionError(node.log())
         check_results(results, exam)
         log = node.log()
-        assert "1.2.840.10008.5.1.4.1.1.481.5" in log or "RT Plan" in log
+        assert RTPlanStorage in log or "RT Plan" in log
         quarantined = list((node.spool / "quarantine").rglob("*")) if (node.spool / "quarantine").exists() else []
         # the corrupt instance was refused at receive time or quarantined, never processed
         assert quarantined or "corrupt" in log.lower() or "refus" in log.lower()

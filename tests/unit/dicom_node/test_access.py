@@ -15,7 +15,8 @@ import pytest
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
-from dicom_node.scp import AccessPolicy, RejectReason, StorageSCP
+from dicom_node.access import AccessPolicy, RejectReason
+from dicom_node.scp import StorageSCP
 from dicom_node.scu import ExportError, echo
 from tests.helpers.netdata import write_multiframe
 

@@ -19,7 +19,7 @@ from dicom_node.audit import AuditLog
 from dicom_node.config import Destination, Settings
 from dicom_node.scp import StorageSCP
 from dicom_node.scu import ExportError, send_datasets
-from dicom_node.synthetic import write_bto
+from dicom_node.standins.synthetic import write_bto
 
 PATIENT_NAME = "Doe^Janet^Q"
 PATIENT_ID = "PID-5550199"

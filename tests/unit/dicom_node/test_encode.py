@@ -9,15 +9,14 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ParametricMapStorage, SegmentationStorage
 
-from dicom_node.dciodvfy import dciodvfy_available, run_dciodvfy
 from dicom_node.encode import encode_results
-from dicom_node.synthetic import write_bto
+from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
+from dicom_node.standins.synthetic import write_bto
 from dicom_node.volume import load_series, unflip
 from tests.helpers.dicom_data import blob_mask, breast_volume, seg_to_volume, source_frame_index
 
-PM_SOP = "1.2.840.10008.5.1.4.1.1.30"
-SEG_SOP = "1.2.840.10008.5.1.4.1.1.66.4"
 THRESHOLD = 1.5
 
 
@@ -70,7 +69,7 @@ def test_seg_and_pm_content(source: str, request: pytest.FixtureRequest) -> None
     sources = volume.source_datasets
     src = sources[0]
 
-    assert pm.SOPClassUID == PM_SOP and seg.SOPClassUID == SEG_SOP
+    assert pm.SOPClassUID == ParametricMapStorage and seg.SOPClassUID == SegmentationStorage
     for obj in (pm, seg):
         assert obj.StudyInstanceUID == src.StudyInstanceUID
         assert obj.SeriesInstanceUID != src.SeriesInstanceUID

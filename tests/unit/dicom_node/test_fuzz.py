@@ -1,10 +1,10 @@
 """Bad input on the receive → load path: refused, or loaded, or a clear VolumeError.
 
 Every case goes through the storage SCP's receive-time check
-(:func:`dicom_node.scp.read_instance_header`) and, when accepted there, through
+(:func:`dicom_node.instances.read_instance_header`) and, when accepted there, through
 :func:`dicom_node.volume.load_series`. The only acceptable outcomes are
 
-* ``refused`` — :class:`~dicom_node.scp.InvalidInstanceError` with a failure status
+* ``refused`` — :class:`~dicom_node.instances.InvalidInstanceError` with a failure status
   (the SCP answers it and quarantines the file),
 * ``volume error`` — :class:`~dicom_node.volume.VolumeError` with a reason (the pipeline
   quarantines the series),
@@ -39,18 +39,25 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_files
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
-from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RTPlanStorage,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from dicom_node.config import Settings
-from dicom_node.scp import (
+from dicom_node.instances import (
     ACCEPTED_SOP_CLASSES,
     InvalidInstanceError,
-    StorageSCP,
     StoreStatus,
     read_instance_header,
 )
+from dicom_node.scp import StorageSCP
 from dicom_node.scu import ExportError, send_datasets
-from dicom_node.synthetic import write_bto
+from dicom_node.standins.synthetic import write_bto
 from dicom_node.volume import VolumeError, load_series
 
 #: Longest a single case may take (a hang fails the test).
@@ -281,9 +288,8 @@ def _mutate(draw: st.DrawFn, ds: pydicom.Dataset, kind: str) -> None:
         ds.PhotometricInterpretation = draw(st.sampled_from(
             ["RGB", "MONOCHROME1", "PALETTE COLOR", "YBR_FULL", ""]))
     else:
-        ds.SOPClassUID = draw(st.sampled_from(["1.2.840.10008.5.1.4.1.1.7",
-                                               "1.2.840.10008.5.1.4.1.1.2",
-                                               "1.2.840.10008.5.1.4.1.1.481.5"]))
+        ds.SOPClassUID = draw(st.sampled_from([SecondaryCaptureImageStorage, CTImageStorage,
+                                               RTPlanStorage]))
 
 
 def test_fuzz_mutated_attributes(seeds: dict[str, bytes], tmp_path: Path, capsys,

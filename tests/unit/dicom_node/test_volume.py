@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEG2000Lossless, MultiFrameGrayscaleWordSecondaryCaptureImageStorage
 
-from dicom_node.synthetic import write_bto
-from dicom_node.volume import VolumeError, chest_wall_side, load_series, unflip
+from dicom_node.standins.synthetic import write_bto
+from dicom_node.laterality import chest_wall_side
+from dicom_node.volume import VolumeError, load_series, unflip
 from tests.helpers.dicom_data import breast_volume
 
 QUANT = 0.5 / 4095 + 1e-6
@@ -216,7 +217,7 @@ def test_multiframe_without_functional_groups(tmp_path: Path) -> None:
     vol = breast_volume(frames=3)
     (path,) = _write(tmp_path, vol)
     ds = pydicom.dcmread(path)
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+    ds.SOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     del ds.SharedFunctionalGroupsSequence
     del ds.PerFrameFunctionalGroupsSequence

@@ -133,6 +133,27 @@ def test_import_official(tmp_path, model):
     assert Picard.from_bundle(out).card["architecture"]["ngf"] == 4
 
 
+def test_import_official_equals_loading_and_saving_with_picard(tmp_path, model):
+    gen, dis = tmp_path / "gen.pt", tmp_path / "dis.pt"
+    torch.save({f"module.{k}": v for k, v in model.generator.state_dict().items()}, gen)
+    torch.save({"localD": model.local_critic.state_dict(),
+                "globalD": model.global_critic.state_dict()}, dis)
+    out = import_official(gen, dis, tmp_path / "imported", threshold=1.5)
+    card = official_card(threshold=1.5)
+    loaded = Picard.from_official(gen, dis, card=card)
+    ref = loaded.save_bundle(tmp_path / "saved", loaded.card)
+    assert json.loads((out / CARD_FILE).read_text()) == json.loads((ref / CARD_FILE).read_text())
+    for name in (GENERATOR_FILE, CRITICS_FILE):
+        a = torch.load(out / name, weights_only=True)
+        b = torch.load(ref / name, weights_only=True)
+        flat_a = a if name == GENERATOR_FILE else {f"{c}.{k}": v for c, sd in a.items()
+                                                   for k, v in sd.items()}
+        flat_b = b if name == GENERATOR_FILE else {f"{c}.{k}": v for c, sd in b.items()
+                                                   for k, v in sd.items()}
+        assert flat_a.keys() == flat_b.keys()
+        assert all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a)
+
+
 def test_default_bundle_loads_and_runs():
     path = default_bundle_path()
     if not path.is_dir():

@@ -6,12 +6,10 @@ import json
 
 import pydicom
 import pytest
+from pydicom.uid import ParametricMapStorage, SegmentationStorage
 
-from dicom_node.dciodvfy import dciodvfy_available, run_dciodvfy
+from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
 from workers.cli import _parse_destination, main
-
-PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def test_destination_syntax():
@@ -38,7 +36,7 @@ def test_synth_then_offline_score(tmp_path, capsys):
         if dciodvfy_available():
             errors, _ = run_dciodvfy(path)
             assert errors == []
-    assert {PM_SOP_CLASS, SEG_SOP_CLASS} <= set(classes)
+    assert {ParametricMapStorage, SegmentationStorage} <= set(classes)
     # scoring the same input again reuses the result: same objects, same UIDs
     assert main(["score", str(exam), "--out", str(tmp_path / "out")]) == 0
     again = json.loads(capsys.readouterr().out)

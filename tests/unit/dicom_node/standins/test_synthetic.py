@@ -1,4 +1,4 @@
-"""Tests for dicom_node.synthetic: BTO / per-slice writers and the truth SEG."""
+"""Tests for dicom_node.standins.synthetic: BTO / per-slice writers and the truth SEG."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-from dicom_node.dciodvfy import dciodvfy_available, run_dciodvfy
-from dicom_node.synthetic import (
+from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
+from dicom_node.standins.synthetic import (
     BTO_SOP_CLASS_UID,
     MG_FOR_PRESENTATION_SOP_CLASS_UID,
     write_bto,

@@ -1,58 +1,58 @@
-"""``picard-node bench``: speed and accuracy of the exact and fast inference modes.
+"""Speed and accuracy of the exact and fast inference modes, measured side by side.
 
-Runs both modes (:mod:`models.fast`) on the same synthetic DBT volumes
-(:func:`models.phantom.make_phantom`, one mass each) in one process and prints a table:
-windows and completions computed, completions/s, seconds per slice and per volume, peak host
-and GPU memory, pixel AUROC (inside the breast) and lesion sensitivity at 1/2/4 false
-positives per volume. The generator's raw forward throughput at the same batch size is
-measured in the same run, so the pipeline's overhead is visible; the results are also
-written as JSON.
+:func:`run_bench` runs both modes (:mod:`models.fast`) on the same synthetic DBT volumes
+(:func:`models.lab.phantom.make_phantom`, one mass each) in one process and returns the
+figures: windows and completions computed, completions/s, seconds per slice and per volume,
+peak host and GPU memory, pixel AUROC (inside the breast) and lesion sensitivity at 1/2/4
+false positives per volume. The generator's raw forward throughput at the same batch size is
+measured in the same run, so the pipeline's overhead is visible. :func:`format_table`
+renders the result; the ``picard-node bench`` command line (``workers/bench_cli.py``)
+parses the options, prints the table and writes the JSON.
 
-Sizes:
+Sizes (:data:`SIZES`):
 
 * ``tiny`` -- a random tiny network and 2 small volumes (seconds; for tests).
 * ``small`` (default) -- the default bundle (:func:`models.bundle.default_bundle_path`)
   on 3 volumes of 8 x 192 x 144 px at 0.4 mm.
 * ``full`` -- real DBT dimensions (64 x 2560 x 2048 px at 0.1 mm) with the official
   architecture (ngf 32, window 256, hole 128, stride 32) -- untrained weights unless
-  ``--bundle`` names official ones; hours on a CPU, meant for a GPU.
+  ``bundle`` names official ones; hours on a CPU, meant for a GPU.
 
-``--memory-probe`` streams one full-size uint16 view through :meth:`Picard.score_volume`
+:func:`memory_probe` streams one full-size uint16 view through :meth:`Picard.score_volume`
 with a tiny network and a huge stride and reports the peak host memory.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import json
 import logging
 import os
 import platform
 import resource
-import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from models import bundle as _bundle
-from models.evaluate import auroc, evaluate_cases, sensitivity_at
 from models.fast import MODES, InferenceConfig, runtime
 from models.heatmap import centred_mask
+from models.lab.evaluate import evaluate_cases
+from models.lab.metrics import auroc, sensitivity_at
+from models.lab.phantom import Phantom, make_phantom
 from models.networks import CompletionNetwork, Critic, he_normal_
-from models.phantom import Phantom, make_phantom
 from models.picard import Picard, resolve_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SIZES", "main", "raw_throughput", "run_bench", "memory_probe", "format_table"]
+__all__ = ["SIZES", "TARGETS", "PeakRSS", "format_table", "full_model", "machine_info",
+           "make_volumes", "memory_probe", "raw_throughput", "run_bench", "run_mode",
+           "tiny_model"]
 
 GIB = float(1 << 30)
 FP_RATES = (1.0, 2.0, 4.0)
@@ -282,8 +282,42 @@ def run_bench(*, size: str = "small", volumes: int | None = None, modes: Sequenc
               variants: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Run the benchmark and return the JSON-ready result (see module docstring).
 
-    ``variants``: extra fast-mode switch sets (on top of ``switches``), each run as a mode
-    named ``fast[k=v,...]`` and compared with exact, to choose defaults by measurement.
+    Parameters
+    ----------
+    size : {"tiny", "small", "full"}, default "small"
+        Volume shape, count and model (:data:`SIZES`).
+    volumes, slices, rows, cols : int, optional
+        Override the size's number of volumes and their shape.
+    modes : sequence of str, default ("exact", "fast")
+        Inference modes to run (:data:`models.fast.MODES`).
+    device : str, default "cpu"
+        ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    bundle : str, optional
+        Model bundle folder (default: per size).
+    seed0 : int, default 9000
+        Seed of the first phantom.
+    switches : dict, optional
+        Fast-mode switches (:data:`models.fast.INFERENCE_KEYS`).
+    raw_seconds : float, default 3.0
+        Duration of the raw generator throughput measurement per mode.
+    m : int, optional
+        Completions per window (default: the card's ``M``).
+    probe : bool, default False
+        Also run :func:`memory_probe`.
+    variants : sequence of dict
+        Extra fast-mode switch sets (on top of ``switches``), each run as a mode named
+        ``fast[k=v,...]`` and compared with exact, to choose defaults by measurement.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``machine``, ``model``, ``raw`` and ``modes`` (figures per mode),
+        ``comparisons`` (fast vs exact) and ``memory_probe`` when asked.
+
+    Raises
+    ------
+    ValueError
+        For an unknown size, mode, device, switch or ``m < 1``.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
@@ -366,6 +400,7 @@ def _compare(e: dict[str, Any], f: dict[str, Any], he: Sequence[np.ndarray],
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
+    """Platform, Python and torch versions, CPU count and threads, device (and GPU name)."""
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
                             "torch": torch.__version__, "cpu_count": os.cpu_count(),
                             "torch_threads": torch.get_num_threads(), "device": str(device)}
@@ -404,78 +439,3 @@ def format_table(result: dict[str, Any]) -> str:
                      f"GiB (volume {p['volume_gib']:.2f} + output {p['output_gib']:.2f}); "
                      f"float32 input estimate {p['float32_input_estimate_gib']:.2f} GiB")
     return "\n".join(lines)
-
-
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="picard-node bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=sorted(SIZES), default="small",
-                   help="tiny (tests), small (default bundle, 8x192x144 px), full (64x2560x2048)")
-    p.add_argument("--volumes", type=int, help="number of synthetic volumes (default per size)")
-    p.add_argument("--slices", type=int, help="override slices per volume")
-    p.add_argument("--rows", type=int, help="override rows per slice")
-    p.add_argument("--cols", type=int, help="override columns per slice")
-    p.add_argument("--modes", default="exact,fast", help="comma list of exact,fast")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--bundle", help="model bundle folder (default: per size)")
-    p.add_argument("--seed", type=int, default=9000, help="first phantom seed")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads")
-    p.add_argument("--M", type=int, dest="m", help="completions per window (default: card)")
-    p.add_argument("--raw-seconds", type=float, default=3.0,
-                   help="duration of the raw generator throughput measurement")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="fast-mode switch, e.g. --set slice_step=2 --set coarse_factor=1")
-    p.add_argument("--variant", action="append", default=[], metavar="K=V[,K=V]",
-                   help="also run fast mode with these switches (repeatable), e.g. "
-                   "--variant slice_step=2,coarse_factor=3")
-    p.add_argument("--memory-probe", action="store_true",
-                   help="also stream a full-size uint16 view with a tiny network")
-    p.add_argument("--json", type=Path, help="output JSON (default benchmarks/results/"
-                   "<device>-<date>.json)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``picard-node bench``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = run_bench(size=args.size, volumes=args.volumes, device=args.device,
-                           modes=[m.strip() for m in args.modes.split(",") if m.strip()],
-                           bundle=args.bundle, seed0=args.seed, switches=_parse_set(args.set),
-                           raw_seconds=args.raw_seconds, slices=args.slices, rows=args.rows,
-                           cols=args.cols, m=args.m, probe=args.memory_probe,
-                           variants=[_parse_set(v.split(",")) for v in args.variant])
-    except ValueError as exc:
-        print(f"picard-node bench: {exc}", file=sys.stderr)
-        return 2
-    result["command"] = ["picard-node", "bench", *(argv if argv is not None else sys.argv[1:])]
-    print(format_table(result))
-    path = args.json
-    if path is None:
-        dev = result["machine"]["device"].split(":")[0]
-        path = Path("benchmarks/results") / (
-            f"{dev}-{os.cpu_count()}core-{_dt.date.today().isoformat()}-{args.size}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    logging.basicConfig(level=logging.INFO)
-    raise SystemExit(main())

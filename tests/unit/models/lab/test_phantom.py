@@ -1,11 +1,11 @@
-"""Tests for models.phantom."""
+"""Tests for models.lab.phantom."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.phantom import make_phantom, power_law_noise
+from models.lab.phantom import make_phantom, power_law_noise
 
 SMALL = dict(slices=8, rows=160, cols=128, pixel_spacing_mm=0.4, lesion_diameter_mm=(5.0, 15.0))
 

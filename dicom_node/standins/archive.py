@@ -1,19 +1,24 @@
 """A minimal local archive: a storage SCP that keeps every instance it receives.
 
 Used by ``picard-node demo`` as the "PACS" that receives the results, and handy for site
-checks. It accepts every storage SOP class pynetdicom knows, in every transfer syntax.
+checks. It accepts every storage SOP class pynetdicom knows, in every transfer syntax, and
+writes each instance with the spool's atomic writer before answering.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
 
+from dicom_node.instances import StoreStatus
+from dicom_node.spool import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ class LocalArchive:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
         self._address = (host, port)
-        self._server = None
+        self._server: Any = None
         self.received: list[Path] = []
         self._lock = threading.Lock()
 
@@ -58,7 +63,7 @@ class LocalArchive:
         ae.maximum_pdu_size = 0
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context("1.2.840.10008.1.1")
+        ae.add_supported_context(Verification)
         self._server = ae.start_server(self._address, block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 
@@ -74,13 +79,11 @@ class LocalArchive:
         uid = str(ds.SOPInstanceUID)
         if not _UID.match(uid):
             logger.warning("refused instance with malformed SOP Instance UID")
-            return 0xC000
+            return StoreStatus.CANNOT_UNDERSTAND
         path = self.directory / f"{uid}.dcm"
-        tmp = path.with_suffix(".tmp")
-        ds.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        encoded = io.BytesIO()
+        ds.save_as(encoded, enforce_file_format=True)
+        atomic_write_bytes(path, encoded.getvalue())
         with self._lock:
             self.received.append(path)
-        return 0x0000
+        return StoreStatus.SUCCESS

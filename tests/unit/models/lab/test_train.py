@@ -1,4 +1,4 @@
-"""Tests for models.train (tiny networks, a few iterations)."""
+"""Tests for models.lab.train (tiny networks, a few iterations)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.phantom import make_phantom
-from models.picard import Picard
-from models.train import (
+from models.lab.phantom import make_phantom
+from models.lab.train import (
     TrainConfig,
     WindowSampler,
     load_image_folder,
     spatial_discounting_mask,
     train,
 )
+from models.picard import Picard
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +67,7 @@ def test_train_writes_loadable_bundle_and_resumes(tmp_path: Path) -> None:
     hist = json.loads((tmp_path / "history.json").read_text())
     assert [h["iteration"] for h in hist] == [3, 6]
     assert all(np.isfinite(h["val_l1"]) for h in hist) and "l1" in hist[0]
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporary files
     heat = model.heatmap(data[0][0])
     assert heat.shape == (64, 48) and np.isfinite(heat).all()
     # resume continues from iteration 6 up to 9

@@ -18,8 +18,8 @@ Windows are random crops that contain tissue; the hole's box is placed at random
 window (one position per batch) and each sample's hole shrinks by a random amount up to
 ``max_delta`` (the official 32 px at 256, scaled with the window). The generator is
 chosen by the L1 of centred-hole completions of held-out windows. Checkpoints are written
-atomically, and ``resume=True`` continues from the last one. The run ends by writing a
-model bundle (:mod:`models.bundle`).
+atomically (:mod:`models._files`), and ``resume=True`` continues from the last one. The run
+ends by writing a model bundle (:mod:`models.bundle`) with :func:`write_bundle_from_checkpoint`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,13 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import autograd
 
+from models._files import atomic_torch_save, atomic_write_text
 from models.bundle import official_card
 from models.networks import CompletionNetwork, Critic
 from models.picard import Picard
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "WindowSampler", "load_image_folder", "spatial_discounting_mask", "train"]
+__all__ = ["TrainConfig", "WindowSampler", "card_for", "load_image_folder",
+           "spatial_discounting_mask", "train", "write_bundle_from_checkpoint"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -379,18 +380,10 @@ class _Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _best_state(trainer: _Trainer, iteration: int, val_l1: float) -> dict[str, Any]:
+    """Contents of ``best.pt``: the networks (no optimisers) and their validation L1."""
+    return {"gen": trainer.gen.state_dict(), "localD": trainer.local.state_dict(),
+            "globalD": trainer.glob.state_dict(), "iteration": iteration, "val_l1": val_l1}
 
 
 def _to_tensor(a: np.ndarray) -> torch.Tensor:
@@ -472,11 +465,11 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
         logger.info("no checkpoint in %s; starting from scratch", out_dir)
 
     def checkpoint(iteration: int) -> None:
-        _atomic_save({"state": trainer.state(), "iteration": iteration, "best_val": best_val,
-                      "history": history, "rng": rng.bit_generator.state,
-                      "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg)},
-                     ckpt_path)
-        _atomic_write_text(json.dumps(history, indent=1), out_dir / HISTORY)
+        atomic_torch_save(ckpt_path, {
+            "state": trainer.state(), "iteration": iteration, "best_val": best_val,
+            "history": history, "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg)})
+        atomic_write_text(out_dir / HISTORY, json.dumps(history, indent=1))
 
     bar = None
     if progress:
@@ -508,9 +501,7 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
                                  if k not in ("iteration", "val_l1")))
             if v < best_val:
                 best_val = v
-                _atomic_save({"gen": trainer.gen.state_dict(), "localD": trainer.local.state_dict(),
-                              "globalD": trainer.glob.state_dict(), "iteration": iteration,
-                              "val_l1": v}, out_dir / BEST)
+                atomic_torch_save(out_dir / BEST, _best_state(trainer, iteration, v))
         if iteration % cfg.checkpoint_every == 0:
             checkpoint(iteration)
         if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes:
@@ -525,9 +516,7 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
                         "minutes": (time.time() - t0) / 60})
         if v < best_val or not (out_dir / BEST).is_file():
             best_val = v
-            _atomic_save({"gen": trainer.gen.state_dict(), "localD": trainer.local.state_dict(),
-                          "globalD": trainer.glob.state_dict(), "iteration": iteration,
-                          "val_l1": v}, out_dir / BEST)
+            atomic_torch_save(out_dir / BEST, _best_state(trainer, iteration, v))
     checkpoint(iteration)
     return write_bundle_from_checkpoint(out_dir / BEST, cfg, out_dir / "bundle",
                                         card_extra=card_extra)
@@ -535,7 +524,23 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
 
 def card_for(cfg: TrainConfig, *, threshold: float | None = None,
              extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Model card for a model trained with ``cfg``."""
+    """Model card for a model trained with ``cfg``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The training settings (window, hole, stride, spacing, M, metric, tissue levels);
+        stored in full under ``train_config``.
+    threshold : float, optional
+        Segmentation threshold (``None`` until calibrated).
+    extra : dict, optional
+        Entries that replace or add to the card's.
+
+    Returns
+    -------
+    dict
+        The card (official settings otherwise, :func:`models.bundle.official_card`).
+    """
     card = official_card(threshold=threshold)
     card.pop("pixel_spacing_note", None)
     card.update(
@@ -556,7 +561,26 @@ def card_for(cfg: TrainConfig, *, threshold: float | None = None,
 def write_bundle_from_checkpoint(best_path: Path, cfg: TrainConfig, bundle_dir: Path, *,
                                  threshold: float | None = None,
                                  card_extra: dict[str, Any] | None = None) -> Path:
-    """Write a bundle from a ``best.pt`` file of :func:`train`."""
+    """Write a bundle from a ``best.pt`` file of :func:`train`.
+
+    Parameters
+    ----------
+    best_path : pathlib.Path
+        ``best.pt`` written by :func:`train`.
+    cfg : TrainConfig
+        The settings it was trained with (network widths, card values).
+    bundle_dir : pathlib.Path
+        Bundle folder to write.
+    threshold : float, optional
+        Segmentation threshold for the card.
+    card_extra : dict, optional
+        Extra card entries (:func:`card_for`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``bundle_dir``.
+    """
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     gen = CompletionNetwork(ngf=cfg.ngf)
     gen.load_state_dict(best["gen"])

@@ -1,9 +1,9 @@
-"""Write synthetic tomosynthesis volumes as DICOM (for tests, demos and the simulator).
+"""Write synthetic tomosynthesis volumes as DICOM, standing in for a modality (tests, demo).
 
 Two layouts, both with deterministic UIDs derived from ``seed``:
 
 * one **Breast Tomosynthesis Image** (enhanced multi-frame, SOP class
-  1.2.840.10008.5.1.4.1.1.13.1.3), one frame per slice, as most DBT systems store a view;
+  ``BreastTomosynthesisImageStorage``), one frame per slice, as most DBT systems store a view;
 * one single-frame **Digital Mammography X-Ray Image – For Presentation** instance per
   slice (``per_slice=True``), as some sites store tomosynthesis.
 
@@ -25,6 +25,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -33,19 +34,21 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
+    BreastTomosynthesisImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
-    PYDICOM_IMPLEMENTATION_UID,
     generate_uid,
 )
 
 logger = logging.getLogger(__name__)
 
 #: Breast Tomosynthesis Image Storage.
-BTO_SOP_CLASS_UID = UID("1.2.840.10008.5.1.4.1.1.13.1.3")
+BTO_SOP_CLASS_UID = BreastTomosynthesisImageStorage
 #: Digital Mammography X-Ray Image Storage – For Presentation.
-MG_FOR_PRESENTATION_SOP_CLASS_UID = UID("1.2.840.10008.5.1.4.1.1.1.2")
+MG_FOR_PRESENTATION_SOP_CLASS_UID = DigitalMammographyXRayImageStorageForPresentation
 
 #: Transfer syntaxes :func:`write_bto` can write.
 SUPPORTED_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, JPEG2000Lossless)
@@ -67,12 +70,21 @@ def _uid(seed: int | str, *parts: str) -> UID:
     return generate_uid(entropy_srcs=["picard-synthetic", str(seed), *parts])
 
 
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
+def _item(**attributes: Any) -> Dataset:
+    """A data set (e.g. a sequence item) with the given attributes, by keyword."""
     item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
+    for keyword, value in attributes.items():
+        setattr(item, keyword, value)
     return item
+
+
+def _seq(**attributes: Any) -> DicomSequence:
+    """A sequence of one item with the given attributes."""
+    return DicomSequence([_item(**attributes)])
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    return _item(CodeValue=value, CodingSchemeDesignator=scheme, CodeMeaning=meaning)
 
 
 def geometry(
@@ -121,9 +133,9 @@ def _quantize(volume: np.ndarray, bits_stored: int) -> np.ndarray:
     return np.rint(np.clip(volume, 0.0, 1.0) * vmax).astype(np.uint16)
 
 
-def _check_inputs(
-    volume: np.ndarray, laterality: str, view: str, transfer_syntax: str, bits_stored: int
-) -> np.ndarray:
+def _check_inputs(volume: np.ndarray, laterality: str, view: str, transfer_syntax: str,
+                  bits_stored: int) -> np.ndarray:
+    """The volume as an array, after checking every argument of :func:`write_bto`."""
     vol = np.asarray(volume)
     if vol.ndim != 3 or min(vol.shape) < 1:
         raise ValueError(f"volume must be (frames, rows, cols), got shape {vol.shape}")
@@ -145,9 +157,8 @@ def _check_inputs(
     return vol
 
 
-def _patient_study(
-    ds: Dataset, *, patient_id: str, patient_name: str, study_uid: str, seed: int, now: _dt.datetime
-) -> None:
+def _patient_study(ds: Dataset, *, patient_id: str, patient_name: str, study_uid: str,
+                   seed: int, now: _dt.datetime) -> None:
     """Patient, General Study and Patient Study modules."""
     ds.PatientName = patient_name
     ds.PatientID = patient_id
@@ -182,7 +193,8 @@ def _pixel_module(ds: Dataset, rows: int, cols: int, bits_stored: int) -> None:
     ds.PixelRepresentation = 0
 
 
-def _file_meta(ds: Dataset, transfer_syntax: UID) -> None:
+def _file_meta(ds: Dataset) -> None:
+    """File meta for Explicit VR Little Endian (:func:`_set_pixels` sets the final syntax)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -201,9 +213,7 @@ def _set_pixels(ds: Dataset, stored: np.ndarray, transfer_syntax: UID) -> None:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return
     arr = stored if stored.shape[0] > 1 else stored[0]
-    ds.compress(
-        transfer_syntax, arr, encoding_plugin="pylibjpeg", generate_instance_uid=False
-    )
+    ds.compress(transfer_syntax, arr, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     # Lossless: pydicom sets LossyImageCompression only for lossy syntaxes.
 
 
@@ -270,10 +280,8 @@ def write_bto(
     ts = UID(transfer_syntax)
     vol = _check_inputs(volume, laterality, view, ts, bits_stored)
     if pixel_spacing_mm <= 0 or slice_thickness_mm <= 0:
-        raise ValueError(
-            f"pixel_spacing_mm and slice_thickness_mm must be > 0, got "
-            f"{pixel_spacing_mm} and {slice_thickness_mm}"
-        )
+        raise ValueError(f"pixel_spacing_mm and slice_thickness_mm must be > 0, got "
+                         f"{pixel_spacing_mm} and {slice_thickness_mm}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stored = _quantize(vol, bits_stored)
@@ -283,20 +291,10 @@ def write_bto(
     for_uid = _uid(seed, study_uid, laterality, view, "frame-of-reference")
     now = _dt.datetime(2024, 1, 1, 12, 0, 0) + _dt.timedelta(seconds=seed % 86400)
     series = _Series(
-        laterality=laterality,
-        view=view,
-        pixel_spacing_mm=float(pixel_spacing_mm),
-        slice_thickness_mm=float(slice_thickness_mm),
-        seed=seed,
-        patient_id=patient_id,
-        patient_name=patient_name,
-        study_uid=study_uid,
-        series_uid=series_uid,
-        for_uid=for_uid,
-        bits_stored=bits_stored,
-        series_number=series_number,
-        now=now,
-        transfer_syntax=ts,
+        laterality=laterality, view=view, pixel_spacing_mm=float(pixel_spacing_mm),
+        slice_thickness_mm=float(slice_thickness_mm), seed=seed, patient_id=patient_id,
+        patient_name=patient_name, study_uid=study_uid, series_uid=series_uid, for_uid=for_uid,
+        bits_stored=bits_stored, series_number=series_number, now=now, transfer_syntax=ts,
     )
     if per_slice:
         paths = []
@@ -316,9 +314,8 @@ def write_bto(
 
 def _view_code_sequence(view: str) -> DicomSequence:
     value, meaning = VIEW_CODES[view]
-    item = _code(value, "SCT", meaning)
-    item.ViewModifierCodeSequence = DicomSequence([])
-    return DicomSequence([item])
+    return _seq(CodeValue=value, CodingSchemeDesignator="SCT", CodeMeaning=meaning,
+                ViewModifierCodeSequence=DicomSequence([]))
 
 
 def _anatomic_region() -> DicomSequence:
@@ -362,7 +359,7 @@ def _instance_header(
     ds = Dataset()
     ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = sop_instance_uid
-    _file_meta(ds, s.transfer_syntax)
+    _file_meta(ds)
     ds.SpecificCharacterSet = "ISO_IR 100"
     date, time = s.now.strftime("%Y%m%d"), s.now.strftime("%H%M%S")
     ds.InstanceCreationDate = date
@@ -420,61 +417,42 @@ def _bto(stored: np.ndarray, s: _Series) -> Dataset:
         s.laterality, s.view, s.pixel_spacing_mm, s.slice_thickness_mm, frames
     )
     center, width = _voi(stored, s.bits_stored)
-    shared = Dataset()
-    pm = Dataset()
-    pm.PixelSpacing = [s.pixel_spacing_mm, s.pixel_spacing_mm]
-    pm.SliceThickness = s.slice_thickness_mm
-    shared.PixelMeasuresSequence = DicomSequence([pm])
-    po = Dataset()
-    po.ImageOrientationPatient = orientation
-    shared.PlaneOrientationSequence = DicomSequence([po])
-    voi = Dataset()
-    voi.WindowCenter = center
-    voi.WindowWidth = width
-    voi.VOILUTFunction = "LINEAR"
-    shared.FrameVOILUTSequence = DicomSequence([voi])
-    anat = Dataset()
-    anat.AnatomicRegionSequence = _anatomic_region()
-    anat.FrameLaterality = s.laterality
-    shared.FrameAnatomySequence = DicomSequence([anat])
-    pvt = Dataset()
-    pvt.RescaleIntercept = 0
-    pvt.RescaleSlope = 1
-    pvt.RescaleType = "US"
-    shared.PixelValueTransformationSequence = DicomSequence([pvt])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    ds.SharedFunctionalGroupsSequence = _seq(
+        PixelMeasuresSequence=_seq(PixelSpacing=[s.pixel_spacing_mm, s.pixel_spacing_mm],
+                                   SliceThickness=s.slice_thickness_mm),
+        PlaneOrientationSequence=_seq(ImageOrientationPatient=orientation),
+        FrameVOILUTSequence=_seq(WindowCenter=center, WindowWidth=width,
+                                 VOILUTFunction="LINEAR"),
+        FrameAnatomySequence=_seq(AnatomicRegionSequence=_anatomic_region(),
+                                  FrameLaterality=s.laterality),
+        PixelValueTransformationSequence=_seq(RescaleIntercept=0, RescaleSlope=1,
+                                              RescaleType="US"),
+    )
     dim_org_uid = _uid(s.seed, s.series_uid, "dimension-organization")
-    per_frame = []
-    for k in range(frames):
-        item = Dataset()
-        fc = Dataset()
-        fc.FrameAcquisitionDateTime = acquired
-        fc.FrameReferenceDateTime = acquired
-        fc.FrameAcquisitionDuration = 1.0
-        fc.DimensionIndexValues = [k + 1]
-        item.FrameContentSequence = DicomSequence([fc])
-        pp = Dataset()
-        pp.ImagePositionPatient = positions[k]
-        item.PlanePositionSequence = DicomSequence([pp])
-        ft = Dataset()
-        ft.FrameType = ["ORIGINAL", "PRIMARY", "TOMOSYNTHESIS", "NONE"]
-        ft.PixelPresentation = "MONOCHROME"
-        ft.VolumetricProperties = "VOLUME"
-        ft.VolumeBasedCalculationTechnique = "NONE"
-        item.XRay3DFrameTypeSequence = DicomSequence([ft])
-        per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence([
+        _item(
+            FrameContentSequence=_seq(FrameAcquisitionDateTime=acquired,
+                                      FrameReferenceDateTime=acquired,
+                                      FrameAcquisitionDuration=1.0,
+                                      DimensionIndexValues=[k + 1]),
+            PlanePositionSequence=_seq(ImagePositionPatient=positions[k]),
+            XRay3DFrameTypeSequence=_seq(FrameType=["ORIGINAL", "PRIMARY", "TOMOSYNTHESIS",
+                                                    "NONE"],
+                                         PixelPresentation="MONOCHROME",
+                                         VolumetricProperties="VOLUME",
+                                         VolumeBasedCalculationTechnique="NONE"),
+        )
+        for k in range(frames)
+    ])
     # Multi-frame Dimension: frames indexed by position along the normal
-    org = Dataset()
-    org.DimensionOrganizationUID = dim_org_uid
-    ds.DimensionOrganizationSequence = DicomSequence([org])
+    ds.DimensionOrganizationSequence = _seq(DimensionOrganizationUID=dim_org_uid)
     ds.DimensionOrganizationType = "3D"
-    idx = Dataset()
-    idx.DimensionOrganizationUID = dim_org_uid
-    idx.DimensionIndexPointer = pydicom.tag.Tag("ImagePositionPatient")
-    idx.FunctionalGroupPointer = pydicom.tag.Tag("PlanePositionSequence")
-    idx.DimensionDescriptionLabel = "Image Position (Patient)"
-    ds.DimensionIndexSequence = DicomSequence([idx])
+    ds.DimensionIndexSequence = _seq(
+        DimensionOrganizationUID=dim_org_uid,
+        DimensionIndexPointer=pydicom.tag.Tag("ImagePositionPatient"),
+        FunctionalGroupPointer=pydicom.tag.Tag("PlanePositionSequence"),
+        DimensionDescriptionLabel="Image Position (Patient)",
+    )
     _set_pixels(ds, stored, s.transfer_syntax)
     return ds
 

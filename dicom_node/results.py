@@ -1,0 +1,309 @@
+"""The result folder of a scored series, and the bookkeeping of its delivery.
+
+One folder per result under ``<spool>/results/<result_id>/``::
+
+    heatmap.npy              scores on the source grid (stored orientation, source frame order)
+    result.json              summary; written last by analyze: its presence means "analyzed"
+    objects/<kind>_<uid>.dcm the encoded result objects
+    objects/.complete        their names; written last by encode: its presence means "encoded"
+    delivered/<AE>@<host>_<port>   one marker per destination that answered success
+
+The result id is a digest of the source SOP Instance UIDs and the model version, so a
+re-sent identical series maps to the same folder and is neither scored nor delivered twice.
+Every file is written atomically (:func:`dicom_node.spool.atomic_write_bytes`).
+
+:func:`deliver` is the one call behind which delivery bookkeeping lives: outbox entry,
+per-destination markers, audit records, dead-lettering and marking the spooled series done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicom_node.audit import AuditLog
+from dicom_node.config import Destination, Settings
+from dicom_node.outbox import Outbox, OutboxState
+from dicom_node.scu import ExportError, send_to_destination
+from dicom_node.spool import Spool, SpoolError, atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+#: Folder of the result folders, under the spool root (or the ``score`` output folder).
+RESULTS_DIR = "results"
+HEATMAP_FILE = "heatmap.npy"
+SUMMARY_FILE = "result.json"
+OBJECTS_DIR = "objects"
+OBJECTS_COMPLETE = ".complete"
+DELIVERED_DIR = "delivered"
+
+
+def results_root(base_dir: Path | str) -> Path:
+    """Parent folder of the result folders under a spool root or output folder."""
+    return Path(base_dir) / RESULTS_DIR
+
+
+def result_id(sop_instance_uids: Iterable[str], model_version: str) -> str:
+    """Key of a result: digest of the source SOP Instance UIDs (any order) and the model version.
+
+    Parameters
+    ----------
+    sop_instance_uids : iterable of str
+        SOP Instance UIDs of the scored instances.
+    model_version : str
+        The model's version string (``pipeline.model_version``).
+
+    Returns
+    -------
+    str
+        24 hexadecimal digits.
+    """
+    uids = sorted(str(u) for u in sop_instance_uids)
+    return hashlib.sha256("\n".join([model_version, *uids]).encode()).hexdigest()[:24]
+
+
+def _sop_instance_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True,
+                               specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+
+
+class ResultFolder:
+    """One result folder (see the module docstring for its layout).
+
+    Parameters
+    ----------
+    path : Path or str
+        ``<results root>/<result_id>``; created by :meth:`write_analysis`.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def for_sources(cls, root: Path | str, source_paths: Sequence[Path],
+                    model_version: str) -> ResultFolder:
+        """The folder for scoring `source_paths` with a model of `model_version`."""
+        uids = [_sop_instance_uid(p) for p in source_paths]
+        return cls(Path(root) / result_id(uids, model_version))
+
+    def __repr__(self) -> str:
+        return f"ResultFolder({str(self.path)!r})"
+
+    @property
+    def result_id(self) -> str:
+        """The folder name."""
+        return self.path.name
+
+    @property
+    def objects_dir(self) -> Path:
+        """Folder of the encoded DICOM objects."""
+        return self.path / OBJECTS_DIR
+
+    # ------------------------------------------------------------------ analyze
+    @property
+    def analyzed(self) -> bool:
+        """Whether the analyze stage finished (the summary exists)."""
+        return (self.path / SUMMARY_FILE).exists()
+
+    def write_analysis(self, heatmap: np.ndarray, summary: dict[str, Any]) -> None:
+        """Store the heatmap, then the summary (last: it marks the stage as done)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(heatmap, dtype=np.float32))
+        atomic_write_bytes(self.path / HEATMAP_FILE, buffer.getvalue())
+        atomic_write_bytes(self.path / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
+
+    def summary(self) -> dict[str, Any]:
+        """The analyze summary (``result.json``)."""
+        return json.loads((self.path / SUMMARY_FILE).read_text())
+
+    def heatmap(self) -> np.ndarray:
+        """The stored heatmap, (frames, rows, columns) float32."""
+        return np.load(self.path / HEATMAP_FILE)
+
+    # ------------------------------------------------------------------ encode
+    @property
+    def encoded(self) -> bool:
+        """Whether the encode stage finished."""
+        return (self.objects_dir / OBJECTS_COMPLETE).exists()
+
+    def write_objects(self, datasets: Sequence[Dataset]) -> list[Path]:
+        """Write the result objects, then the completion marker; returns their paths."""
+        self.objects_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for ds in datasets:
+            path = self.objects_dir / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            atomic_write_bytes(path, buffer.getvalue())
+            paths.append(path)
+        atomic_write_bytes(self.objects_dir / OBJECTS_COMPLETE,
+                           "\n".join(p.name for p in paths).encode())
+        return sorted(paths)
+
+    def objects(self) -> list[Path]:
+        """The encoded result objects, sorted by name."""
+        return sorted(self.objects_dir.glob("*.dcm"))
+
+    # ------------------------------------------------------------------ delivery markers
+    def _delivery_marker(self, destination: Destination) -> Path:
+        return self.path / DELIVERED_DIR / \
+            f"{destination.ae_title}@{destination.host}_{destination.port}"
+
+    def delivered_to(self, destination: Destination) -> bool:
+        """Whether `destination` already answered success for every object."""
+        return self._delivery_marker(destination).exists()
+
+    def mark_delivered(self, destination: Destination, sop_instance_uids: Sequence[str]) -> None:
+        """Record that `destination` answered success for the objects."""
+        marker = self._delivery_marker(destination)
+        marker.parent.mkdir(exist_ok=True)
+        atomic_write_bytes(marker, json.dumps({"objects": list(sop_instance_uids),
+                                               "time": time.time()}).encode())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed delivery is tried again, and when it is given up (dead-lettered).
+
+    Attributes
+    ----------
+    base_seconds, max_seconds : float
+        Backoff: ``min(max_seconds, base_seconds * 2 ** (attempts - 1))``.
+    dead_letter_after_seconds : float
+        Age of the first attempt after which a failing result goes to the dead-letter folder.
+    """
+
+    base_seconds: float
+    max_seconds: float
+    dead_letter_after_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The policy configured in `settings`."""
+        return cls(settings.export_retry_base_seconds, settings.export_retry_max_seconds,
+                   settings.dead_letter_after_seconds)
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait before attempt ``attempts + 1``."""
+        return min(self.max_seconds, self.base_seconds * 2 ** (attempts - 1))
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What one :func:`deliver` call did.
+
+    Attributes
+    ----------
+    result_id : str
+        The result.
+    sent : list of str
+        AE titles delivered to by this call.
+    complete : bool
+        Every destination has answered success (now or earlier).
+    retry_in : float or None
+        Seconds until the next attempt when a destination failed and the result stays in
+        the outbox; None otherwise.
+    dead_letter : bool
+        The result is in the dead-letter folder (no automatic retries).
+    error : str
+        The failure of this call ("" when none).
+    """
+
+    result_id: str
+    sent: list[str] = field(default_factory=list)
+    complete: bool = False
+    retry_in: float | None = None
+    dead_letter: bool = False
+    error: str = ""
+
+
+def deliver(folder: ResultFolder, destinations: Sequence[Destination], *, spool_dir: Path,
+            calling_ae_title: str, policy: RetryPolicy) -> DeliveryReport:
+    """Send a result's objects to every destination that has not answered success yet.
+
+    The bookkeeping happens here and nowhere else: the outbox entry is opened on the first
+    attempt and counts failures; each attempt gets an audit record; each destination that
+    answers success gets a marker (so a retry sends only to the rest); a result failing for
+    longer than ``policy.dead_letter_after_seconds`` moves to the dead-letter folder; when
+    every destination has it, the entry is removed and the spooled series is marked done.
+
+    Parameters
+    ----------
+    folder : ResultFolder
+        An encoded result.
+    destinations : sequence of Destination
+        Where to send (the TLS settings of each are used).
+    spool_dir : Path
+        The node's spool (outbox, audit trail, series state).
+    calling_ae_title : str
+        The node's AE title.
+    policy : RetryPolicy
+        Backoff and dead-letter limits.
+
+    Returns
+    -------
+    DeliveryReport
+    """
+    if not destinations:
+        logger.info("no destinations configured; result %s stays in %s", folder.result_id,
+                    folder.path)
+        return DeliveryReport(folder.result_id, complete=True)
+    outbox = Outbox(spool_dir)
+    entry = outbox.open(folder.result_id, folder.path)
+    if entry.state is OutboxState.DEAD_LETTER:
+        logger.warning("result %s is dead-lettered; `picard-node outbox retry` resends it",
+                       folder.result_id)
+        return DeliveryReport(folder.result_id, dead_letter=True, error=entry.last_error)
+    audit = AuditLog(spool_dir)
+    objects = folder.objects()
+    uids = [_sop_instance_uid(p) for p in objects]
+    sent = []
+    for dest in destinations:
+        if folder.delivered_to(dest):
+            continue
+        try:
+            send_to_destination(objects, dest, calling_ae_title=calling_ae_title)
+        except (ExportError, ValueError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            audit.delivery(folder.result_id, dest, uids, "failed", str(exc),
+                           calling_ae=calling_ae_title)
+            entry = outbox.record_failure(folder.result_id, error)
+            if time.time() - entry.first_attempt >= policy.dead_letter_after_seconds:
+                outbox.dead_letter(folder.result_id)
+                return DeliveryReport(folder.result_id, sent, dead_letter=True, error=error)
+            delay = policy.delay(entry.attempts)
+            logger.warning("export of %s failed (attempt %d), retrying in %.0f s: %s",
+                           folder.result_id, entry.attempts, delay, exc)
+            return DeliveryReport(folder.result_id, sent, retry_in=delay, error=error)
+        folder.mark_delivered(dest, uids)
+        audit.delivery(folder.result_id, dest, uids, "delivered", calling_ae=calling_ae_title)
+        logger.info("delivered %d objects of %s to %s@%s:%d", len(objects), folder.result_id,
+                    dest.ae_title, dest.host, dest.port)
+        sent.append(dest.ae_title)
+    outbox.delivered(folder.result_id)
+    _mark_series_done(folder, spool_dir)
+    return DeliveryReport(folder.result_id, sent, complete=True)
+
+
+def _mark_series_done(folder: ResultFolder, spool_dir: Path) -> None:
+    """Mark the spooled series of a delivered result done (when it came through the spool)."""
+    summary = folder.summary()
+    spool = Spool(spool_dir)
+    try:
+        ref = spool.series_ref(summary["study_uid"], summary["series_uid"])
+    except SpoolError:
+        return
+    if Path(ref.directory).is_dir():
+        spool.mark_done(ref)
