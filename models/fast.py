@@ -66,8 +66,9 @@ class InferenceConfig:
 
     Attributes
     ----------
-    mode : {"fast", "exact"}
-        ``exact``: the paper's procedure; every switch below except ``prefetch`` is ignored.
+    mode : {"exact", "fast"}
+        ``exact`` (default): the paper's procedure; every switch below except ``prefetch``
+        is ignored. ``fast`` only where a card records that it was shown equal to exact.
     slice_step : int
         Fast: score every ``slice_step``-th slice (and the last), interpolate along z.
     coarse_factor : int
@@ -98,7 +99,7 @@ class InferenceConfig:
         Resample the next slice in a background thread while the current one is scored.
     """
 
-    mode: str = "fast"
+    mode: str = "exact"
     slice_step: int = 4
     coarse_factor: int = 2
     refine_quantile: float = 0.75

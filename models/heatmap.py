@@ -6,8 +6,11 @@ Each window is normalised on its own to [-1, 1] before completion, as the offici
 code does. The grid of window scores is then upsampled bicubically to the image size
 with every score placed at the centre of its window (the official code stretches the
 grid over the whole image; placing scores at window centres keeps them aligned with the
-pixels they describe). Windows whose hole is mostly air are not completed; they score 0
-like the official ``ignore_black_regions`` option.
+pixels they describe). Windows whose hole is mostly air are not completed (like the official
+``ignore_black_regions`` option); before upsampling they take the score of the nearest
+scored window, so no artificial zero is interpolated into the skin line. Images that do not
+fit a whole number of strides are padded by mirroring their own border (never with air, which
+would add a tissue-to-air edge that is not in the image).
 
 The scoring itself is a callable, so this module needs no network.
 """
@@ -22,12 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["HeatmapConfig", "INTENSITY_MODES", "SliceWindows", "WindowScorer", "centred_mask",
-           "normalize_windows", "prepare_slice", "sliding_window_heatmap", "upsample_scores",
-           "window_origins"]
+           "fill_unscored", "normalize_windows", "prepare_slice", "sliding_window_heatmap",
+           "upsample_scores", "window_origins"]
 
 #: (windows (B, 1, w, w) in [-1, 1], mask (1, 1, w, w)) -> scores (B,)
 WindowScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -169,6 +173,32 @@ def upsample_scores(grid: np.ndarray, shape: tuple[int, int], *, window: int,
     return np.clip(out[0, 0].numpy(), 0.0, None).astype(np.float32)
 
 
+def fill_unscored(grid: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Give every unscored window the score of the nearest scored one.
+
+    Skipped (air) windows would otherwise enter the bicubic upsampling as zeros and pull
+    the scores of the skin line down; the air pixels themselves are masked afterwards.
+
+    Parameters
+    ----------
+    grid : np.ndarray
+        (gh, gw) window scores.
+    scored : np.ndarray
+        (gh, gw) bool, True where ``grid`` holds a computed score.
+
+    Returns
+    -------
+    np.ndarray
+        A filled copy (all zeros when nothing was scored).
+    """
+    if scored.all():
+        return grid.copy()
+    if not scored.any():
+        return np.zeros_like(grid)
+    _, (iy, ix) = ndimage.distance_transform_edt(~scored, return_indices=True)
+    return grid[iy, ix]
+
+
 @dataclass
 class SliceWindows:
     """A slice padded to whole strides, its window grid and each hole's tissue fraction.
@@ -176,7 +206,7 @@ class SliceWindows:
     Attributes
     ----------
     padded : torch.Tensor
-        (PH, PW) float32 image, zero (air) padded at the bottom and right.
+        (PH, PW) float32 image, padded at the bottom and right by mirroring its border.
     ys, xs : numpy.ndarray
         Window top-left rows and columns (grid axes).
     fraction : numpy.ndarray
@@ -203,7 +233,8 @@ def prepare_slice(image: np.ndarray, config: HeatmapConfig, *,
     """Pad ``image`` (H, W) in [0, 1] and measure the tissue fraction of every window's hole.
 
     Images that do not fit a whole number of strides (or are smaller than the window) are
-    padded at the bottom and right with 0 (air).
+    padded at the bottom and right with their mirror image (``numpy.pad`` "symmetric"), so
+    the padding adds no edge: tissue that reaches the border continues past it.
     """
     if image.ndim != 2:
         raise ValueError(f"image must be 2D (H, W), got shape {image.shape}")
@@ -212,8 +243,9 @@ def prepare_slice(image: np.ndarray, config: HeatmapConfig, *,
     h, w = image.shape
     cfg = config
     ph, pw = _padded_length(h, cfg.window, cfg.stride), _padded_length(w, cfg.window, cfg.stride)
-    padded = torch.zeros(ph, pw, dtype=torch.float32, device=device)
-    padded[:h, :w] = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)
+    mirrored = np.pad(np.asarray(image, dtype=np.float32), ((0, ph - h), (0, pw - w)),
+                      mode="symmetric")
+    padded = torch.as_tensor(mirrored, device=device)
 
     ys = window_origins(ph, cfg.window, cfg.stride)
     xs = window_origins(pw, cfg.window, cfg.stride)
@@ -247,7 +279,7 @@ def sliding_window_heatmap(
     image : np.ndarray
         (H, W) image in [0, 1] (0 = air). Images that do not fit a whole number of
         strides (or are smaller than the window) are padded at the bottom and right
-        with 0 (air); the heatmap is cropped back.
+        by mirroring (see :func:`prepare_slice`); the heatmap is cropped back.
     scorer : callable
         ``scorer(windows, mask) -> (B,)`` with windows (B, 1, w, w) in [-1, 1].
     config : HeatmapConfig
@@ -263,7 +295,8 @@ def sliding_window_heatmap(
     Returns
     -------
     np.ndarray
-        (H, W) float32 scores (0 where every covering window was skipped).
+        (H, W) float32 scores; where windows were skipped, the nearest scored window's
+        score (see :func:`fill_unscored`).
     """
     cfg = config
     sw = prepare_slice(image, cfg, device=device)
@@ -287,5 +320,8 @@ def sliding_window_heatmap(
         grid[idx[:, 0], idx[:, 1]] = scores.detach().float().cpu().numpy()
         if progress is not None:
             progress(min(start + cfg.batch_size, total), total)
-    heat = upsample_scores(grid, (ph, pw), window=cfg.window, stride=cfg.stride)
+    scored = np.zeros(grid.shape, dtype=bool)
+    scored[todo[:, 0], todo[:, 1]] = True
+    heat = upsample_scores(fill_unscored(grid, scored), (ph, pw), window=cfg.window,
+                           stride=cfg.stride)
     return heat[:h, :w]

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from models import bundle as _bundle
 from models import fast as _fast
 from models.fast import INFERENCE_KEYS, InferenceConfig, InferenceStats
-from models.heatmap import HeatmapConfig, prepare_slice, sliding_window_heatmap, upsample_scores
+from models.heatmap import (HeatmapConfig, fill_unscored, prepare_slice, sliding_window_heatmap,
+                            upsample_scores)
 from models.networks import CompletionNetwork, Critic
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ __all__ = ["Picard", "resolve_device", "HEATMAP_OVERRIDES", "INFERENCE_KEYS"]
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 SPACES = ("image", "feature")
 REDUCTIONS = ("min", "mean", "median")
+#: What each reduction over the M completion distances is called.
+RULE_NAMES = {"min": "minimum completion distance", "mean": "mean completion distance",
+              "median": "median completion distance"}
 
 #: keyword overrides accepted by :meth:`Picard.heatmap` and :meth:`Picard.score_volume`
 HEATMAP_OVERRIDES = ("window", "hole", "stride", "M", "p", "metric", "batch_size",
@@ -326,9 +330,29 @@ class Picard:
 
     # ------------------------------------------------------------------ heatmaps
     def inference_config(self, mode: str | None = None, **switches: Any) -> InferenceConfig:
-        """The card's ``"inference"`` entry (default mode ``fast``) with ``mode`` and
+        """The card's ``"inference"`` entry (default mode ``exact``) with ``mode`` and
         ``switches`` (:data:`models.fast.INFERENCE_KEYS`) applied."""
         return InferenceConfig.from_card(self.card, mode=mode, **switches)
+
+    def scoring_description(self, mode: str | None = None) -> dict[str, Any]:
+        """What :meth:`score_volume` computes with these settings, for labels and records.
+
+        Returns
+        -------
+        dict
+            ``rule`` (``min``/``mean``/``median`` over the M samples), ``rule_name``
+            (e.g. "mean completion distance"), ``space`` (``image``/``feature``), ``M``,
+            ``p`` (dropout probability), ``mode`` (``exact``/``fast``), ``slice_step``
+            (1 in exact mode), ``window_px``, ``hole_px``, ``stride_px`` and
+            ``pixel_spacing_mm`` (the model's grid).
+        """
+        config, s = self._settings({})
+        icfg = self.inference_config(mode)
+        return {"rule": s["reduce"], "rule_name": RULE_NAMES[s["reduce"]], "space": s["space"],
+                "M": int(s["m"]), "p": float(s["p"]), "mode": icfg.mode,
+                "slice_step": icfg.slice_step if icfg.mode == "fast" else 1,
+                "window_px": config.window, "hole_px": config.hole, "stride_px": config.stride,
+                "pixel_spacing_mm": float(self.card["pixel_spacing_mm"])}
 
     def _settings(self, overrides: dict[str, Any]) -> tuple[HeatmapConfig, dict[str, Any]]:
         allowed = set(HEATMAP_OVERRIDES) | set(INFERENCE_KEYS)
@@ -372,7 +396,7 @@ class Picard:
         image : np.ndarray
             (H, W) in [0, 1], already at ``card["pixel_spacing_mm"]``.
         mode : {"fast", "exact"}, optional
-            Default: the card's ``inference.mode``, else ``fast`` (:mod:`models.fast`).
+            Default: the card's ``inference.mode``, else ``exact`` (see :mod:`models.fast`).
             ``exact`` is the paper's procedure.
         progress : callable, optional
             ``progress(done_windows, total_windows)`` after each batch (exact) or pass (fast).
@@ -458,7 +482,9 @@ class Picard:
         finally:
             stats.generator_seconds += timer.seconds
         ph, pw = sw.padded.shape
-        heat = upsample_scores(grid, (ph, pw), window=config.window, stride=config.stride)
+        scored = sw.fraction >= config.min_tissue_fraction
+        heat = upsample_scores(fill_unscored(grid, scored), (ph, pw), window=config.window,
+                               stride=config.stride)
         return heat[:sw.shape[0], :sw.shape[1]]
 
     def score_volume(self, volume: np.ndarray, *,

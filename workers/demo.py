@@ -21,6 +21,7 @@ from pynetdicom.sop_class import ParametricMapStorage, SegmentationStorage
 from dicom_node.scu import send_datasets
 from dicom_node.standins.archive import LocalArchive
 from dicom_node.standins.preview import write_previews
+from dicom_node.encode import ScoreLabels
 from dicom_node.results import ResultFolder, results_root
 from models.lab.phantom import make_phantom
 from workers.synthetic_exams import write_exam
@@ -98,7 +99,8 @@ def run_demo(out: Path, *, seed: int = 7, timeout: float = 900) -> int:
     seg_frames = int(getattr(seg, "NumberOfFrames", 0))
     print("\n=== PICARD demo summary ===")
     print(f"model:                 {summary['model_version']} (threshold {summary['threshold']:.4g})")
-    print(f"max MCD score:         {summary['max_score']:.4g}")
+    print(f"score:                 {ScoreLabels.from_summary(summary.get('scoring')).description}")
+    print(f"max score:             {summary['max_score']:.4g}")
     print(f"frames with findings:  {summary['frames_with_findings'] or 'none'}")
     print(f"SEG frames stored:     {seg_frames}")
     truth_frames = [int(z) + 1 for z in np.flatnonzero(phantom.lesion_mask.any(axis=(1, 2)))]

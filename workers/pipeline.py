@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 
 from dicom_node.config import Settings
-from dicom_node.encode import encode_results
+from dicom_node.encode import ScoreLabels, encode_results
 from dicom_node.results import (DeliveryReport, ResultFolder, RetryPolicy, deliver,
                                 results_root)
 from dicom_node.volume import group_by_series, load_series, unflip
@@ -130,6 +130,7 @@ def analyze(series_dir: Path, results_dir: Path, *, bundle: Path | None = None,
         "laterality": volume.laterality,
         "shape": list(heatmap.shape),
         "model_version": version,
+        "scoring": model.scoring_description(),
         "threshold": threshold,
         "max_score": float(heatmap.max()) if heatmap.size else 0.0,
         "voxels_above_threshold": int(above.sum()),
@@ -153,7 +154,8 @@ def encode(result_dir: Path) -> list[Path]:
     datasets = encode_results(sources, folder.heatmap(), threshold=summary["threshold"],
                               model_version=summary["model_version"],
                               output_uid_seed=summary["result_id"],
-                              laterality=summary["laterality"], include_sr=True)
+                              laterality=summary["laterality"], include_sr=True,
+                              labels=ScoreLabels.from_summary(summary.get("scoring")))
     paths = folder.write_objects(datasets)
     logger.info("encoded %d result objects for %s", len(paths), folder.result_id)
     return paths

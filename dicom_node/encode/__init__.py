@@ -39,11 +39,12 @@ from dicom_node.encode.common import (
 )
 from dicom_node.encode.pm import PM_LEVELS, encode_parametric_map, hot_palette
 from dicom_node.encode.seg import encode_segmentation
-from dicom_node.encode.sr import MAMMOGRAPHY, MAX_MCD, encode_sr, findings
+from dicom_node.encode.labels import ScoreLabels
+from dicom_node.encode.sr import MAMMOGRAPHY, encode_sr, findings
 
 __all__ = [
     "MAMMOGRAPHY",
-    "MAX_MCD",
+    "ScoreLabels",
     "PM_LEVELS",
     "encode_parametric_map",
     "encode_results",
@@ -69,6 +70,7 @@ def encode_results(
     series_number_base: int = 900,
     laterality: str | None = None,
     include_sr: bool = False,
+    labels: ScoreLabels | None = None,
 ) -> list[Dataset]:
     """Encode a heatmap as [Parametric Map, Segmentation] (+ SR on request).
 
@@ -99,6 +101,9 @@ def encode_results(
         Also return a Comprehensive 3D SR (TID 1500) with one finding per connected
         component (series number ``series_number_base + 2``), when there is at least one
         finding. Default False.
+    labels : ScoreLabels, optional
+        What the scores are (rule, space, M, p, exact or fast), from the result summary's
+        ``scoring`` entry; every object is labelled with it. Default: "not recorded".
 
     Returns
     -------
@@ -114,6 +119,7 @@ def encode_results(
         model_name=model_name,
         model_version=model_version,
         output_uid_seed=output_uid_seed,
+        labels=labels,
     )
     pm = encode_parametric_map(
         source_datasets, heatmap, series_number=series_number_base, laterality=laterality,
@@ -128,7 +134,7 @@ def encode_results(
         sr = encode_sr(
             source_datasets, heatmap, threshold=threshold, model_name=model_name,
             model_version=model_version, output_uid_seed=output_uid_seed,
-            series_number=series_number_base + 2,
+            series_number=series_number_base + 2, labels=labels,
         )
         if sr is not None:
             out.append(sr)

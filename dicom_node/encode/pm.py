@@ -1,6 +1,6 @@
 """The Parametric Map of a heatmap: uint16 pixels, Real World Value Mapping, Frame Anatomy.
 
-Stored values 0..:data:`PM_LEVELS` - 1 map back to MCD units through a Real World Value
+Stored values 0..:data:`PM_LEVELS` - 1 map back to score units through a Real World Value
 Mapping (slope/intercept); Frame Anatomy carries the breast's laterality (dcmqi needs it);
 frames are put back in the source's order (OHIF pairs frames by index); a hot palette colour
 LUT is added on request only (dicom3tools 2022 reports errors on COLOR_RANGE attributes).
@@ -23,6 +23,7 @@ from dicom_node.encode.common import (
     series_and_device,
     source_laterality,
 )
+from dicom_node.encode.labels import ScoreLabels
 
 #: Largest stored value of the Parametric Map (and size - 1 of its palette).
 PM_LEVELS = 4096
@@ -120,6 +121,7 @@ def encode_parametric_map(
     series_number: int = 900,
     laterality: str | None = None,
     palette: bool = False,
+    labels: ScoreLabels | None = None,
 ) -> hd.pm.ParametricMap:
     """Heatmap as a Parametric Map (uint16 + Real World Value Mapping + hot palette).
 
@@ -140,18 +142,22 @@ def encode_parametric_map(
     palette : bool
         Add the hot palette colour LUT (Pixel Presentation COLOR_RANGE). Default False:
         dicom3tools 2022 reports errors on such maps and OHIF ignores the palette.
+    labels : ScoreLabels, optional
+        What the scores are (rule, space, M, p, mode): content label, description and
+        the real-world value mapping's label and explanation. Default: "not recorded".
 
     Returns
     -------
     highdicom.pm.ParametricMap
-        Real world value = stored value x slope + intercept (MCD units).
+        Real world value = stored value x slope + intercept (score units).
     """
     source_datasets, heat = ordered_and_checked(source_datasets, heatmap)
     laterality = laterality or source_laterality(source_datasets)
     stored, slope, intercept = _scale(heat)
+    labels = labels or ScoreLabels()
     mapping = hd.pm.RealWorldValueMapping(
-        lut_label="MCD",
-        lut_explanation="PICARD minimum completion distance",
+        lut_label=labels.content_label,
+        lut_explanation=labels.description,
         unit=codes.UCUM.NoUnits,
         value_range=(0, PM_LEVELS - 1),
         slope=slope,
@@ -168,8 +174,8 @@ def encode_parametric_map(
                 window_center=(PM_LEVELS - 1) / 2.0, window_width=float(PM_LEVELS)
             )
         ],
-        content_label="MCD",
-        content_description=f"{model_name} {model_version} MCD heatmap",
+        content_label=labels.content_label,
+        content_description=labels.description,
         palette_color_lut_transformation=hot_palette() if palette else None,
         series_description=f"{model_name} heatmap",
     )

@@ -20,6 +20,7 @@ from dicom_node.encode.common import (
     output_uid,
     series_and_device,
 )
+from dicom_node.encode.labels import ScoreLabels
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def encode_segmentation(
     model_version: str,
     output_uid_seed: str,
     series_number: int = 901,
+    labels: ScoreLabels | None = None,
 ) -> hd.seg.Segmentation:
     """Binary Segmentation of ``heatmap >= threshold`` ("suspected lesion").
 
@@ -50,6 +52,9 @@ def encode_segmentation(
         Seeds the series, instance and tracking UIDs.
     series_number : int
         Series Number. Default 901.
+    labels : ScoreLabels, optional
+        What the scores are (rule, space, M, p, mode); written to the content
+        description and the algorithm parameters. Default: "not recorded".
 
     Returns
     -------
@@ -59,10 +64,12 @@ def encode_segmentation(
     """
     source_datasets, heat = ordered_and_checked(source_datasets, heatmap)
     mask = heat >= float(threshold)
+    labels = labels or ScoreLabels()
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model_name,
         family=codes.cid7162.ArtificialIntelligence,
         version=model_version,
+        parameters=labels.algorithm_parameters(threshold),
     )
     description = hd.seg.SegmentDescription(
         segment_number=1,
@@ -81,7 +88,7 @@ def encode_segmentation(
         segment_descriptions=[description],
         **series_and_device("seg", output_uid_seed, series_number, model_name, model_version),
         content_label="PICARD",
-        content_description=f"{model_name} {model_version} MCD >= {threshold:g}",
+        content_description=f"{labels.description} >= {threshold:.4g}"[:64],
         omit_empty_frames=bool(mask.any()),
         series_description=f"{model_name} suspected lesions",
     )

@@ -13,11 +13,10 @@ from pydicom.sr.coding import Code
 from scipy import ndimage
 
 from dicom_node.encode.common import MANUFACTURER, ordered_and_checked, output_uid
+from dicom_node.encode.labels import ScoreLabels
 
 logger = logging.getLogger(__name__)
 
-#: Measurement name for the highest MCD score of a finding (private coding scheme).
-MAX_MCD = Code("MAXMCD", "99PICARD", "Maximum minimum completion distance")
 #: Procedure reported in the SR (SNOMED CT "Mammography").
 MAMMOGRAPHY = Code("71651007", "SCT", "Mammography")
 
@@ -83,12 +82,14 @@ def encode_sr(
     output_uid_seed: str,
     series_number: int = 902,
     max_findings: int = 20,
+    labels: ScoreLabels | None = None,
 ) -> hd.sr.Comprehensive3DSR | None:
     """TID 1500 measurement report: one finding per connected component.
 
     Each finding is a 2D ``SCOORD`` closed polyline (the component's bounding box on the
     frame holding its highest score; OHIF draws 2D SCOORD on DBT, not SCOORD3D), finding
-    type Mass, and its highest MCD score as a measurement.
+    type Mass, and its highest score as a measurement named after the scoring rule
+    (:attr:`ScoreLabels.max_concept`).
 
     Parameters
     ----------
@@ -106,6 +107,8 @@ def encode_sr(
         Series Number. Default 902.
     max_findings : int
         At most this many findings, highest score first. Default 20.
+    labels : ScoreLabels, optional
+        What the scores are (rule, space, M, p, mode). Default: "not recorded".
 
     Returns
     -------
@@ -114,6 +117,7 @@ def encode_sr(
         measurement group; the empty Segmentation already says "nothing found").
     """
     source_datasets, heat = ordered_and_checked(source_datasets, heatmap)
+    labels = labels or ScoreLabels()
     device = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -123,7 +127,9 @@ def encode_sr(
             model_name=model_version,
         ),
     )
-    algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=model_name, version=model_version,
+        parameters=[f"{k}={v}" for k, v in labels.algorithm_parameters().items()])
     groups = []
     for n, finding in enumerate(
         findings(heat, threshold, max_findings=max_findings), start=1
@@ -161,7 +167,7 @@ def encode_sr(
                 algorithm_id=algorithm,
                 measurements=[
                     hd.sr.Measurement(
-                        name=MAX_MCD,
+                        name=labels.max_concept,
                         value=round(finding["max_score"], 6),
                         unit=codes.UCUM.NoUnits,
                         algorithm_id=algorithm,

@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ParametricMapStorage, SegmentationStorage
 
-from dicom_node.encode import encode_results
+from dicom_node.encode import ScoreLabels, encode_results
 from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
 from dicom_node.standins.synthetic import write_bto
 from dicom_node.volume import load_series, unflip
@@ -218,3 +218,50 @@ def test_per_slice_sources_in_any_order(slice_source) -> None:
     np.testing.assert_array_equal(seg_to_volume(seg, sources), heat >= THRESHOLD)
     order = [source_frame_index(it, sources) for it in pm.PerFrameFunctionalGroupsSequence]
     assert order == list(range(len(sources)))
+
+
+def test_every_object_names_the_scoring_rule(bto_source, tmp_path: Path) -> None:
+    scoring = {"rule": "mean", "space": "image", "M": 10, "p": 0.5, "mode": "exact",
+               "slice_step": 1}
+    labels = ScoreLabels.from_summary(scoring)
+    heat = unflip(_heatmap(bto_source.pixels.shape), bto_source)
+    pm, seg, sr = (_roundtrip(d) for d in _encode(bto_source, heat, include_sr=True,
+                                                  labels=labels))
+    assert pm.ContentLabel == "MEANCD_IMAGE_M10"
+    assert pm.ContentDescription == "mean completion distance, image, M=10 p=0.5, exact"
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.LUTExplanation == pm.ContentDescription and mapping.LUTLabel == pm.ContentLabel
+    assert seg.ContentDescription.startswith("mean completion distance, image, M=10 p=0.5, exact")
+    params = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert "rule" in params.AlgorithmParameters and "exact" in params.AlgorithmParameters
+    concepts = {item.ConceptNameCodeSequence[0].CodeMeaning
+                for item in _walk_content(sr) if "ConceptNameCodeSequence" in item}
+    assert "Maximum mean completion distance (image, M=10, exact)" in concepts
+    assert not any("minimum" in c.lower() for c in concepts)
+    if dciodvfy_available():
+        for name, ds in (("pm", pm), ("seg", seg), ("sr", sr)):
+            path = tmp_path / f"{name}.dcm"
+            ds.save_as(path)
+            errors, _ = run_dciodvfy(path)
+            assert errors == [], f"{name}: {errors}"
+
+
+def test_fast_mode_and_unrecorded_rules_are_labelled_as_such() -> None:
+    fast = ScoreLabels.from_summary({"rule": "min", "space": "feature", "M": 10, "p": 0.1,
+                                     "mode": "fast", "slice_step": 4})
+    assert fast.content_label == "MCD_FEAT_M10"
+    assert fast.description == "minimum completion distance, feature, M=10 p=0.1, fast"
+    assert fast.algorithm_parameters()["slice_step"] == "4"
+    unknown = ScoreLabels.from_summary(None)
+    assert unknown.content_label == "PICARD_SCORE" and "not recorded" in unknown.description
+    with pytest.raises(ValueError, match="unknown scoring rule"):
+        ScoreLabels.from_summary({"rule": "max", "space": "image", "M": 1, "p": 0, "mode": "exact"})
+    for labels in (fast, unknown):
+        assert len(labels.content_label) <= 16 and len(labels.description) <= 64
+        assert len(labels.max_concept.value) <= 16 and len(labels.max_concept.meaning) <= 64
+
+
+def _walk_content(ds: Dataset):
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _walk_content(item)

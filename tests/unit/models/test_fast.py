@@ -95,11 +95,12 @@ def test_fast_never_does_more_work_than_exact(model, switches):
     assert fast.mode == "fast" and exact.mode == "exact"
 
 
-def test_default_fast_cuts_work(model):
+def test_default_mode_is_exact_and_fast_cuts_work(model):
     image = half_tissue_image(seed=4)
-    model.heatmap(image, mode="exact")
+    model.heatmap(image)  # default mode: exact, the paper's procedure
+    assert model.last_stats.mode == "exact"
     exact = model.last_stats.completions
-    model.heatmap(image)  # default mode: fast
+    model.heatmap(image, mode="fast")
     assert model.last_stats.mode == "fast"
     assert model.last_stats.completions < exact / 2
 
@@ -233,7 +234,8 @@ def test_score_volume_fast_streams_and_counts(model):
     with pytest.raises(ValueError, match="value_scale"):
         model.score_volume(vol, pixel_spacing_mm=0.4)
     out = np.full(vol.shape, -1.0, np.float32)
-    res = model.score_volume(vol, pixel_spacing_mm=0.4, value_scale=1 / 65535, out=out)
+    res = model.score_volume(vol, pixel_spacing_mm=0.4, value_scale=1 / 65535, out=out,
+                             mode="fast")
     assert res is out and np.all(out >= 0) and np.isfinite(out).all()
     st = model.last_stats
     assert st.slices_total == 9 and st.slices_scored == 3  # 0, 4, 8 with slice_step 4

@@ -8,7 +8,7 @@ import torch
 
 from models import Picard
 from models.bundle import official_card
-from models.heatmap import (HeatmapConfig, centred_mask, normalize_windows,
+from models.heatmap import (HeatmapConfig, centred_mask, normalize_windows, prepare_slice,
                             sliding_window_heatmap, upsample_scores, window_origins)
 from models.networks import CompletionNetwork, Critic, he_normal_
 
@@ -74,7 +74,7 @@ def test_upsample_constant_grid_is_constant():
     np.testing.assert_allclose(heat, 2.5, rtol=1e-6)
 
 
-def test_air_windows_skipped_and_score_zero():
+def test_air_windows_skipped_and_take_the_nearest_score():
     image = np.zeros((64, 128), np.float32)
     image[:, :44] = 0.6  # tissue only on the left (chest wall side)
     scorer = HoleMean()
@@ -84,8 +84,20 @@ def test_air_windows_skipped_and_score_zero():
     # 3 x 7 windows; holes (columns x+8..x+24) with >= 50 % tissue: x = 0, 16 -> 6 windows
     assert sum(scorer.batches) == 6
     assert max(scorer.batches) <= 3
-    assert np.all(heat[:, 100:] == 0)
     assert heat[:, :30].min() > 1.0
+    # skipped windows are not zeros pulling the skin line (columns ~40-44) down: beyond the
+    # last scored window centre (column 31.5) the score is held, not interpolated to 0
+    np.testing.assert_allclose(heat[:, 32:], heat[:, 32:33].repeat(96, axis=1), rtol=1e-5)
+    assert heat[:, 40:44].min() > 1.0
+
+
+def test_padding_mirrors_the_image_instead_of_adding_air():
+    image = np.full((40, 40), 0.6, np.float32)  # tissue up to the bottom and right border
+    cfg = HeatmapConfig(window=32, hole=16, stride=16)
+    sw = prepare_slice(image, cfg)
+    assert tuple(sw.padded.shape) == (48, 48)
+    assert float(sw.padded.min()) == pytest.approx(0.6)  # no air edge at the padding
+    assert (sw.fraction == 1.0).all()
 
 
 def test_every_window_scored_when_threshold_zero():
