@@ -152,26 +152,47 @@ def cmd_train(args: argparse.Namespace) -> int:
                          max_minutes=args.minutes, threads=args.threads, seed=args.seed)
     data = _training_arrays([Path(p) for p in args.inputs], args.pixel_spacing)
     logger.info("training on %d normal arrays", len(data))
-    bundle = train(config, data, Path(args.out), resume=args.resume, progress=True)
+    bundle = train(config, data, Path(args.out), resume=args.resume, progress=True,
+                   device=args.device)
     print(f"bundle: {bundle}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Compare MCD vs single completion vs mean distance on synthetic exams with truth."""
+    """Every PICARD rule beside trivial baselines on whole synthetic volumes with truth."""
+    import numpy as np
+    import torch
+
     from models import Picard
     from models.lab.evaluate import compare_methods
     from models.lab.phantom import make_phantom
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = Picard.from_bundle(args.model) if args.model else Picard.from_bundle()
     spacing = float(model.card["pixel_spacing_mm"])
-    exams = [make_phantom(seed=args.seed + i, lesions=1, slices=args.slices, rows=args.rows,
-                          cols=args.cols, pixel_spacing_mm=spacing,
-                          view="MLO" if (args.seed + i) % 3 == 0 else "CC",
-                          lesion_diameter_mm=(5.0, 30.0))
-             for i in range(args.count)]
-    result = compare_methods(model, exams, m=args.m, n_boot=args.n_boot, seed=0,
+
+    def exams(first: int, count: int) -> list:
+        # one 5-30 mm mass per volume; view and density from the seed, as the bundle's
+        # reproduction script draws them (scripts/train_default_bundle.py)
+        return [make_phantom(seed=s, lesions=1, slices=args.slices, rows=args.rows,
+                             cols=args.cols, pixel_spacing_mm=spacing,
+                             view="MLO" if s % 3 == 0 else "CC",
+                             density=float(np.random.default_rng(s).uniform(0.2, 0.8)),
+                             lesion_diameter_mm=(5.0, 30.0))
+                for s in range(first, first + count)]
+
+    validation = exams(args.validation_seed, args.validation_count) \
+        if args.validation_count else None
+    result = compare_methods(model, exams(args.seed, args.count), m=args.m,
+                             n_boot=args.n_boot, seed=0, validation=validation,
                              progress=True, print_table=True)
+    result["settings"].update(
+        bundle=str(args.model or "default"), seeds=[args.seed, args.seed + args.count - 1],
+        volume_shape=[args.slices, args.rows, args.cols], pixel_spacing_mm=spacing,
+        validation_seeds=([args.validation_seed, args.validation_seed + args.validation_count - 1]
+                          if args.validation_count else None),
+        threads=torch.get_num_threads())
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=float))
         print(f"wrote {args.json}")
@@ -309,18 +330,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of scoring variants on synthetic exams")
-    p.add_argument("--model", type=Path)
-    p.add_argument("--count", type=int, default=20)
-    p.add_argument("--seed", type=int, default=9000)
-    p.add_argument("--slices", type=int, default=24)
+    p = sub.add_parser("evaluate", help="every PICARD rule beside trivial baselines, whole "
+                                        "synthetic volumes, paired bootstrap CIs")
+    p.add_argument("--model", type=Path, help="model bundle folder (default: shipped bundle)")
+    p.add_argument("--count", type=int, default=20, help="test volumes (seeds seed..)")
+    p.add_argument("--seed", type=int, default=9000, help="first test seed")
+    p.add_argument("--validation-count", type=int, default=0,
+                   help="validation volumes on which the best trivial baseline is chosen "
+                        "(0: compare with each baseline)")
+    p.add_argument("--validation-seed", type=int, default=5000, help="first validation seed")
+    p.add_argument("--slices", type=int, default=24, help="slices per volume (all scored)")
     p.add_argument("--rows", type=int, default=224)
     p.add_argument("--cols", type=int, default=160)
-    p.add_argument("--m", type=int, default=10)
+    p.add_argument("--m", type=int, default=10, help="completions per window (dropout rules)")
     p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--json", help="write the result table as JSON here")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", help="write the result (metrics, specs, paired CIs) as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("outbox", help="undelivered results: list, retry")

@@ -19,7 +19,8 @@ window (one position per batch) and each sample's hole shrinks by a random amoun
 ``max_delta`` (the official 32 px at 256, scaled with the window). The generator is
 chosen by the L1 of centred-hole completions of held-out windows. Checkpoints are written
 atomically (:mod:`models._files`), and ``resume=True`` continues from the last one. The run
-ends by writing a model bundle (:mod:`models.bundle`) with :func:`write_bundle_from_checkpoint`.
+ends by writing a model bundle (:mod:`models.bundle`) with
+:func:`models.lab.bundles.write_bundle_from_checkpoint`.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ import torch.nn.functional as F
 from torch import autograd
 
 from models._files import atomic_torch_save, atomic_write_text
-from models.bundle import official_card
+from models.lab.bundles import write_bundle_from_checkpoint
 from models.networks import CompletionNetwork, Critic
-from models.picard import Picard
+from models.picard import resolve_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "WindowSampler", "card_for", "load_image_folder",
-           "spatial_discounting_mask", "train", "write_bundle_from_checkpoint"]
+__all__ = ["TrainConfig", "WindowSampler", "load_image_folder", "spatial_discounting_mask",
+           "train"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -269,7 +270,7 @@ class WindowSampler:
 
 
 def _gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    alpha = torch.rand(real.shape[0], 1, 1, 1)
+    alpha = torch.rand(real.shape[0], 1, 1, 1).to(real.device)  # CPU draws: same on any device
     inter = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     out = critic(inter)
     grad = autograd.grad(out, inter, grad_outputs=torch.ones_like(out), create_graph=True)[0]
@@ -284,17 +285,19 @@ def _crop(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
 class _Trainer:
     """Networks, optimisers and one training step."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         self.cfg = cfg
-        self.gen = CompletionNetwork(ngf=cfg.ngf)
+        self.device = device
+        self.gen = CompletionNetwork(ngf=cfg.ngf).to(device)
         self.gen.set_dropout(None)
-        self.local = Critic(cfg.ndf, cfg.hole)
-        self.glob = Critic(cfg.ndf, cfg.window)
+        self.local = Critic(cfg.ndf, cfg.hole).to(device)
+        self.glob = Critic(cfg.ndf, cfg.window).to(device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(list(self.local.parameters()) + list(self.glob.parameters()),
                                       lr=cfg.lr, betas=betas)
-        self.sd_mask = spatial_discounting_mask(cfg.hole, cfg.hole, cfg.spatial_discounting_gamma)
+        self.sd_mask = spatial_discounting_mask(cfg.hole, cfg.hole,
+                                                cfg.spatial_discounting_gamma).to(device)
 
     def masks(self, n: int, box: tuple[int, int, int, int], rng: np.random.Generator) -> torch.Tensor:
         """Hole masks of the box, each shrunk by a random delta (official ``bbox2mask``)."""
@@ -305,7 +308,7 @@ class _Trainer:
             dh = int(rng.integers(0, half + 1))
             dw = int(rng.integers(0, half + 1))
             mask[i, :, t + dh:t + h - dh, l + dw:l + w - dw] = 1.0
-        return mask
+        return mask.to(self.device)
 
     def step(self, gt: torch.Tensor, mask: torch.Tensor, box: tuple[int, int, int, int],
              train_g: bool) -> dict[str, float]:
@@ -355,14 +358,14 @@ class _Trainer:
     def validate(self, windows: torch.Tensor) -> float:
         """Mean L1 (in [-1, 1] units) of deterministic centred-hole completions over the hole."""
         cfg = self.cfg
-        mask = torch.zeros(1, 1, cfg.window, cfg.window)
+        mask = torch.zeros(1, 1, cfg.window, cfg.window, device=self.device)
         a = (cfg.window - cfg.hole) // 2
         mask[:, :, a:a + cfg.hole, a:a + cfg.hole] = 1.0
         self.gen.eval()
         total = 0.0
         with torch.inference_mode():
             for s in range(0, windows.shape[0], 64):
-                gt = windows[s:s + 64]
+                gt = windows[s:s + 64].to(self.device)
                 _, x2 = self.gen(gt * (1 - mask), mask)
                 total += float(((x2 - gt).abs() * mask).sum()) / float(mask.sum())
         return total / windows.shape[0]
@@ -380,10 +383,22 @@ class _Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
 
 
+def _cpu(state: Any) -> Any:
+    """A state dict (nested) with every tensor on the CPU, so checkpoints load anywhere."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: _cpu(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_cpu(v) for v in state]
+    return state
+
+
 def _best_state(trainer: _Trainer, iteration: int, val_l1: float) -> dict[str, Any]:
     """Contents of ``best.pt``: the networks (no optimisers) and their validation L1."""
-    return {"gen": trainer.gen.state_dict(), "localD": trainer.local.state_dict(),
-            "globalD": trainer.glob.state_dict(), "iteration": iteration, "val_l1": val_l1}
+    return {"gen": _cpu(trainer.gen.state_dict()), "localD": _cpu(trainer.local.state_dict()),
+            "globalD": _cpu(trainer.glob.state_dict()), "iteration": iteration,
+            "val_l1": val_l1}
 
 
 def _to_tensor(a: np.ndarray) -> torch.Tensor:
@@ -391,8 +406,8 @@ def _to_tensor(a: np.ndarray) -> torch.Tensor:
 
 
 def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], out_dir: Path, *,
-          resume: bool = False, progress: bool = True, card_extra: dict[str, Any] | None = None
-          ) -> Path:
+          resume: bool = False, progress: bool = True, card_extra: dict[str, Any] | None = None,
+          device: str | torch.device = "cpu") -> Path:
     """Train on normal arrays and write a model bundle.
 
     Parameters
@@ -412,6 +427,9 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
         Show a tqdm progress bar.
     card_extra : dict, optional
         Extra entries for the model card (e.g. ``training`` text, ``metrics``).
+    device : str or torch.device
+        Where the networks train: ``"cpu"``, ``"cuda"``, ``"cuda:N"``. Checkpoints are
+        stored on the CPU, so a run started on a GPU resumes anywhere.
 
     Returns
     -------
@@ -441,7 +459,8 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
     val = _to_tensor(val_sampler.sample(cfg.val_windows, centre_box, cfg.min_tissue_fraction))
     del arrays
 
-    trainer = _Trainer(cfg)
+    device = resolve_device(device)
+    trainer = _Trainer(cfg, device)
     start = 1
     history: list[dict[str, float]] = []
     best_val = math.inf
@@ -466,7 +485,7 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
 
     def checkpoint(iteration: int) -> None:
         atomic_torch_save(ckpt_path, {
-            "state": trainer.state(), "iteration": iteration, "best_val": best_val,
+            "state": _cpu(trainer.state()), "iteration": iteration, "best_val": best_val,
             "history": history, "rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg)})
         atomic_write_text(out_dir / HISTORY, json.dumps(history, indent=1))
@@ -483,7 +502,7 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
         t = int(rng.integers(0, cfg.window - cfg.hole + 1))
         l = int(rng.integers(0, cfg.window - cfg.hole + 1))
         box = (t, l, cfg.hole, cfg.hole)
-        gt = _to_tensor(sampler.sample(cfg.batch_size, box, cfg.min_tissue_fraction))
+        gt = _to_tensor(sampler.sample(cfg.batch_size, box, cfg.min_tissue_fraction)).to(device)
         mask = trainer.masks(cfg.batch_size, box, rng)
         losses = trainer.step(gt, mask, box, train_g=iteration % cfg.n_critic == 0)
         for k, v in losses.items():
@@ -520,78 +539,3 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
     checkpoint(iteration)
     return write_bundle_from_checkpoint(out_dir / BEST, cfg, out_dir / "bundle",
                                         card_extra=card_extra)
-
-
-def card_for(cfg: TrainConfig, *, threshold: float | None = None,
-             extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Model card for a model trained with ``cfg``.
-
-    Parameters
-    ----------
-    cfg : TrainConfig
-        The training settings (window, hole, stride, spacing, M, metric, tissue levels);
-        stored in full under ``train_config``.
-    threshold : float, optional
-        Segmentation threshold (``None`` until calibrated).
-    extra : dict, optional
-        Entries that replace or add to the card's.
-
-    Returns
-    -------
-    dict
-        The card (official settings otherwise, :func:`models.bundle.official_card`).
-    """
-    card = official_card(threshold=threshold)
-    card.pop("pixel_spacing_note", None)
-    card.update(
-        version="trained",
-        window=cfg.window, hole=cfg.hole, stride=cfg.stride,
-        pixel_spacing_mm=float(cfg.pixel_spacing_mm), M=cfg.m, metric=cfg.metric,
-        tissue_level=cfg.tissue_level, min_tissue_fraction=cfg.min_tissue_fraction,
-        batch_size=max(1, 128 // cfg.m),
-        training="trained with models.train on normal arrays",
-        train_config=dataclasses.asdict(cfg),
-        metrics={},
-    )
-    if extra:
-        card.update(extra)
-    return card
-
-
-def write_bundle_from_checkpoint(best_path: Path, cfg: TrainConfig, bundle_dir: Path, *,
-                                 threshold: float | None = None,
-                                 card_extra: dict[str, Any] | None = None) -> Path:
-    """Write a bundle from a ``best.pt`` file of :func:`train`.
-
-    Parameters
-    ----------
-    best_path : pathlib.Path
-        ``best.pt`` written by :func:`train`.
-    cfg : TrainConfig
-        The settings it was trained with (network widths, card values).
-    bundle_dir : pathlib.Path
-        Bundle folder to write.
-    threshold : float, optional
-        Segmentation threshold for the card.
-    card_extra : dict, optional
-        Extra card entries (:func:`card_for`).
-
-    Returns
-    -------
-    pathlib.Path
-        ``bundle_dir``.
-    """
-    best = torch.load(best_path, map_location="cpu", weights_only=True)
-    gen = CompletionNetwork(ngf=cfg.ngf)
-    gen.load_state_dict(best["gen"])
-    local, glob = Critic(cfg.ndf, cfg.hole), Critic(cfg.ndf, cfg.window)
-    local.load_state_dict(best["localD"])
-    glob.load_state_dict(best["globalD"])
-    extra = {"training_iteration": int(best["iteration"]), "validation_l1": float(best["val_l1"]),
-             **(card_extra or {})}
-    card = card_for(cfg, threshold=threshold, extra=extra)
-    model = Picard(gen, local, glob, card=card)
-    model.save_bundle(bundle_dir, model.card)
-    logger.info("bundle %s from iteration %d (val L1 %.4f)", bundle_dir, best["iteration"],
-                best["val_l1"])
-    return Path(bundle_dir)
