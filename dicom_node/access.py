@@ -115,7 +115,7 @@ class AccessPolicy:
         if not self.allowed:
             return None
         calling = calling_ae.strip()
-        host = _normalise_ip(peer_host)
+        host = normalise_ip(peer_host)
         for ae, hosts in self.allowed:
             if ae == calling and (hosts is None or host in hosts):
                 return None
@@ -160,7 +160,7 @@ def describe_tls(settings: Settings) -> str:
     return "DICOM TLS" + (", client certificates required" if settings.tls_ca else "")
 
 
-def _normalise_ip(text: str) -> str:
+def normalise_ip(text: str) -> str:
     """An IP address in canonical form (IPv4-mapped IPv6 becomes IPv4); text if not an IP."""
     try:
         addr = ipaddress.ip_address(text.split("%", 1)[0])
@@ -173,14 +173,14 @@ def _normalise_ip(text: str) -> str:
 
 def _resolve(host: str, entry: str) -> set[str]:
     """Canonical IP addresses of `host` (an address or a name) from `entry` ``AET@host``."""
-    if _normalise_ip(host) != host or _is_ip(host):
-        return {_normalise_ip(host)}
+    if normalise_ip(host) != host or _is_ip(host):
+        return {normalise_ip(host)}
     try:
         infos = socket.getaddrinfo(host, None)
     except OSError as exc:
         raise ValueError(f"allowed_calling_aets entry {entry!r}: cannot resolve host "
                          f"{host!r}: {exc}") from exc
-    return {_normalise_ip(str(info[4][0])) for info in infos}
+    return {normalise_ip(str(info[4][0])) for info in infos}
 
 
 def _is_ip(text: str) -> bool:

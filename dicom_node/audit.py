@@ -19,7 +19,7 @@ Every record: ``time`` (ISO 8601 UTC), ``event`` (``"association"`` or ``"delive
 ``association``: ``calling_ae``, ``called_ae``, ``peer_host``, ``peer_port``, ``tls``
 (bool), ``tls_peer`` (certificate common name or ``null``), ``stored``, ``failed``,
 ``bytes``, ``seconds``, ``detail``. Outcomes: ``released``, ``aborted``, ``connection
-closed``, ``rejected``, ``tls handshake failed``.
+closed``, ``rejected``, ``tls handshake failed``, ``dropped before association``.
 
 ``delivery``: ``result_id``, ``destination``, ``calling_ae``, ``sop_instance_uids``,
 ``count``, ``detail``. Outcomes are the caller's, e.g. ``"delivered"`` / ``"failed"``.

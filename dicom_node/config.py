@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         Model bundle folder; ``None`` uses the bundle shipped in ``models/bundles/default``.
     device : str
         Torch device for the workers: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Default ``"cpu"``.
+    inference_mode : {"exact", "fast"} or None
+        Overrides the model card's inference mode. ``None`` (default) uses the card's
+        (``exact``, the paper's procedure, unless the card records that fast mode was shown
+        equal). Results name the mode they were computed in, e.g. ``"fast"`` for the demo.
     worker_concurrency : int
         Processes of the embedded worker. Default ``1``.
     export_retry_base_seconds : float
@@ -141,6 +145,33 @@ class Settings(BaseSettings):
         The storage SCP refuses instances (status 0xA700, out of resources) while the spool's
         file system has fewer free bytes than this. Default ``1_000_000_000`` (1 GB), e.g.
         ``5_000_000_000``.
+    association_timeout_seconds : float
+        ARTIM: a connection must deliver its whole A-ASSOCIATE-RQ within this many seconds of
+        being accepted (after the TLS handshake), else it is closed. Default ``15``, e.g.
+        ``30`` on slow links.
+    idle_timeout_seconds : float
+        Network idle timeout: an association (or a PDU half received) that stays silent this
+        long is aborted. Default ``60``.
+    max_pdu_bytes : int
+        Largest P-DATA PDU the SCP accepts (announced as Maximum Length Received in the
+        A-ASSOCIATE-AC); a peer announcing a larger PDU is disconnected before anything is
+        allocated for it. Default ``4_194_304`` (4 MiB; dcmtk sends 128 KiB PDUs).
+    max_associations : int
+        Associations in progress at once (after the A-ASSOCIATE-RQ was read); more are
+        rejected with A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded. Default ``16``.
+    max_associations_per_host : int
+        The same, per peer IP address. Default ``8``.
+    max_pending_connections : int
+        Connections that have not yet delivered an A-ASSOCIATE-RQ, overall; when full, the
+        oldest of them is closed to admit a new one (so silent connections cannot lock
+        senders out). Default ``64``.
+    max_pending_per_host : int
+        The same, per peer IP address (the oldest pending connection of that address is
+        closed). Default ``16``.
+    stuck_after_seconds : float
+        Watchdog: a series dispatched this long ago and neither done nor failed is dispatched
+        again (every stage is idempotent); after ``3`` such attempts it is marked failed.
+        Must exceed the longest job. Default ``7200``, e.g. ``1800`` with a GPU.
     """
 
     model_config = SettingsConfigDict(env_prefix="PICARD_", env_nested_delimiter="__",
@@ -155,6 +186,7 @@ class Settings(BaseSettings):
     series_quiet_seconds: float = Field(default=10.0, gt=0)
     model_bundle: Path | None = None
     device: str = "cpu"
+    inference_mode: Literal["exact", "fast"] | None = None
     worker_concurrency: int = Field(default=1, ge=1)
     export_retry_base_seconds: float = Field(default=5.0, gt=0)
     export_retry_max_seconds: float = Field(default=600.0, gt=0)
@@ -167,6 +199,14 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_handshake_seconds: float = Field(default=30.0, gt=0)
+    association_timeout_seconds: float = Field(default=15.0, gt=0)
+    idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_pdu_bytes: int = Field(default=4_194_304, ge=16_384, le=1_073_741_824)
+    max_associations: int = Field(default=16, ge=1)
+    max_associations_per_host: int = Field(default=8, ge=1)
+    max_pending_connections: int = Field(default=64, ge=1)
+    max_pending_per_host: int = Field(default=16, ge=1)
+    stuck_after_seconds: float = Field(default=7200.0, gt=0)
 
     @field_validator("ae_title")
     @classmethod

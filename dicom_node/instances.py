@@ -45,6 +45,7 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import split_dataset
 
+from dicom_node.phi import PhiFreeError, describe_exception
 from dicom_node.spool import SpoolError, check_uid
 from dicom_node.volume import MAX_SHAPE
 
@@ -101,8 +102,11 @@ class StoreStatus(IntEnum):
     CANNOT_UNDERSTAND = 0xC000
 
 
-class InvalidInstanceError(ValueError):
-    """A received instance the node refuses; `status` is the C-STORE status to answer."""
+class InvalidInstanceError(PhiFreeError, ValueError):
+    """A received instance the node refuses; `status` is the C-STORE status to answer.
+
+    The message names tags and UIDs, never attribute values (it is logged and audited).
+    """
 
     def __init__(self, message: str, status: StoreStatus) -> None:
         super().__init__(message)
@@ -224,7 +228,8 @@ def read_instance_header(path: Path | str, *,
         meta, offset = split_dataset(path)
         ts = UID(str(meta.TransferSyntaxUID)) if "TransferSyntaxUID" in meta else None
     except Exception as exc:  # noqa: BLE001 - any parser failure means "cannot understand"
-        raise InvalidInstanceError(f"unreadable file meta: {exc}", StoreStatus.CANNOT_UNDERSTAND)
+        raise InvalidInstanceError(f"unreadable file meta: {describe_exception(exc)}",
+                                   StoreStatus.CANNOT_UNDERSTAND)
     if ts is None or not ts.is_transfer_syntax:
         raise InvalidInstanceError(f"unknown transfer syntax {ts!r}", StoreStatus.CANNOT_UNDERSTAND)
     try:
@@ -236,7 +241,7 @@ def read_instance_header(path: Path | str, *,
     except InvalidInstanceError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise InvalidInstanceError(f"corrupt data set: {type(exc).__name__}: {exc}",
+        raise InvalidInstanceError(f"corrupt data set: {describe_exception(exc)}",
                                    StoreStatus.CANNOT_UNDERSTAND)
     values = scan.text
     try:

@@ -5,6 +5,11 @@ destination answered success; each failed attempt is recorded in it (count, last
 When a result has waited longer than the configured limit it moves to
 ``<spool>/dead-letter/<result_id>.json`` and is no longer retried automatically;
 ``picard-node outbox retry`` puts it back. All writes are atomic and fsynced.
+
+Each pending entry records the id of the export job that is working on it (``job_id``): the
+job's retries keep that id, so ``outbox retry`` can tell a result that already has a job
+queued (and leave it alone) from one that has none (dead-lettered, or lost with a killed
+embedded worker).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class OutboxEntry:
         Unix time of the last failure (0 before any).
     state : OutboxState
         ``pending`` or ``dead-letter``.
+    job_id : str or None
+        The export job queued for it (``None``: none known, e.g. dead-lettered).
     """
 
     result_id: str
@@ -60,6 +67,12 @@ class OutboxEntry:
     last_error: str = ""
     last_attempt: float = 0.0
     state: OutboxState = OutboxState.PENDING
+    job_id: str | None = None
+
+    @property
+    def queued(self) -> bool:
+        """A pending entry with an export job queued for it."""
+        return self.state is OutboxState.PENDING and bool(self.job_id)
 
     def __post_init__(self) -> None:
         self.state = OutboxState(self.state)
@@ -89,13 +102,37 @@ class Outbox:
                 return OutboxEntry(**json.loads(path.read_text()))
         return None
 
-    def open(self, result_id: str, result_dir: Path | str) -> OutboxEntry:
-        """Record that delivery of a result starts (idempotent: keeps an existing entry)."""
+    def open(self, result_id: str, result_dir: Path | str,
+             job_id: str | None = None) -> OutboxEntry:
+        """Record that delivery of a result starts (idempotent: keeps an existing entry).
+
+        A pending entry takes `job_id` (the export job now working on it) when given.
+        """
         entry = self.get(result_id)
         if entry is None:
-            entry = OutboxEntry(result_id=result_id, result_dir=str(result_dir))
+            entry = OutboxEntry(result_id=result_id, result_dir=str(result_dir), job_id=job_id)
+            self._write(entry)
+        elif job_id and entry.state is OutboxState.PENDING and entry.job_id != job_id:
+            entry.job_id = job_id
             self._write(entry)
         return entry
+
+    def queued(self, result_id: str, job_id: str) -> OutboxEntry:
+        """Record that export job `job_id` was queued for a pending result."""
+        entry = self.get(result_id)
+        if entry is None:
+            raise KeyError(f"result {result_id!r} is not in the outbox")
+        entry.job_id = job_id
+        self._write(entry)
+        return entry
+
+    def job_ended(self, result_id: str) -> None:
+        """Forget the job of a pending entry whose export job ended without delivering (so
+        ``outbox retry`` queues a new one); no-op if the result is not pending."""
+        entry = self.get(result_id)
+        if entry is not None and entry.state is OutboxState.PENDING and entry.job_id:
+            entry.job_id = None
+            self._write(entry)
 
     def record_failure(self, result_id: str, error: str) -> OutboxEntry:
         """Count a failed attempt; returns the updated entry."""
@@ -119,6 +156,7 @@ class Outbox:
         if entry is None:
             raise KeyError(f"result {result_id!r} is not in the outbox")
         entry.state = OutboxState.DEAD_LETTER
+        entry.job_id = None
         self._write(entry)
         self._path(result_id).unlink(missing_ok=True)
         logger.error("result %s moved to the dead-letter folder after %d attempts: %s",
@@ -132,6 +170,7 @@ class Outbox:
             raise KeyError(f"result {result_id!r} is neither in the outbox nor dead-lettered")
         entry.state = OutboxState.PENDING
         entry.first_attempt = time.time()
+        entry.job_id = None
         self._write(entry)
         self._path(result_id, dead=True).unlink(missing_ok=True)
         return entry

@@ -7,6 +7,8 @@ One folder per result under ``<spool>/results/<result_id>/``::
     objects/<kind>_<uid>.dcm the encoded result objects
     objects/.complete        their names; written last by encode: its presence means "encoded"
     delivered/<AE>@<host>_<port>   one marker per destination that answered success
+    superseded.json          a newer result of the same series replaces this one (never sent
+                             again; withdrawn from the PACS by the newer one's rejection note)
 
 The result id is a digest of the source SOP Instance UIDs and the model version, so a
 re-sent identical series maps to the same folder and is neither scored nor delivered twice.
@@ -14,6 +16,8 @@ Every file is written atomically (:func:`dicom_node.spool.atomic_write_bytes`).
 
 :func:`deliver` is the one call behind which delivery bookkeeping lives: outbox entry,
 per-destination markers, audit records, dead-lettering and marking the spooled series done.
+A result whose series changed after it was scored (new instances arrived: a newer job
+covers the series) or that a newer result superseded is not sent.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pydicom.dataset import Dataset
 from dicom_node.audit import AuditLog
 from dicom_node.config import Destination, Settings
 from dicom_node.outbox import Outbox, OutboxState
+from dicom_node.phi import describe_exception
 from dicom_node.scu import ExportError, send_to_destination
 from dicom_node.spool import Spool, SpoolError, atomic_write_bytes
 
@@ -47,6 +52,9 @@ SUMMARY_FILE = "result.json"
 OBJECTS_DIR = "objects"
 OBJECTS_COMPLETE = ".complete"
 DELIVERED_DIR = "delivered"
+SUPERSEDED_FILE = "superseded.json"
+#: File-name prefix of rejection notes (Key Object Selection, modality KO): sent last.
+REJECTION_NOTE_PREFIX = "KO_"
 
 
 def results_root(base_dir: Path | str) -> Path:
@@ -153,8 +161,30 @@ class ResultFolder:
         return sorted(paths)
 
     def objects(self) -> list[Path]:
-        """The encoded result objects, sorted by name."""
-        return sorted(self.objects_dir.glob("*.dcm"))
+        """The encoded result objects, sorted by name, rejection notes last."""
+        return sorted(self.objects_dir.glob("*.dcm"),
+                      key=lambda p: (p.name.startswith(REJECTION_NOTE_PREFIX), p.name))
+
+    def result_objects(self) -> list[Path]:
+        """The encoded objects without rejection notes (what a newer result withdraws)."""
+        return [p for p in self.objects() if not p.name.startswith(REJECTION_NOTE_PREFIX)]
+
+    # ------------------------------------------------------------------ superseded
+    @property
+    def superseded(self) -> dict[str, Any] | None:
+        """``{"by": result_id or None, "reason": ..., "time": ...}`` once superseded."""
+        try:
+            return json.loads((self.path / SUPERSEDED_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def mark_superseded(self, by: str | None, reason: str) -> None:
+        """Record that this result must not be sent (idempotent: the first record stays)."""
+        if self.superseded is None:
+            atomic_write_bytes(self.path / SUPERSEDED_FILE, json.dumps(
+                {"by": by, "reason": reason, "time": time.time()}).encode())
+            logger.warning("result %s superseded%s: %s", self.result_id,
+                           f" by {by}" if by else "", reason)
 
     # ------------------------------------------------------------------ delivery markers
     def _delivery_marker(self, destination: Destination) -> Path:
@@ -171,6 +201,74 @@ class ResultFolder:
         marker.parent.mkdir(exist_ok=True)
         atomic_write_bytes(marker, json.dumps({"objects": list(sop_instance_uids),
                                                "time": time.time()}).encode())
+
+
+def series_results(root: Path | str, study_uid: str, series_uid: str) -> list[ResultFolder]:
+    """Analyzed result folders under `root` made from one series (any model, any round)."""
+    found = []
+    for summary_path in sorted(Path(root).glob(f"*/{SUMMARY_FILE}")):
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if summary.get("study_uid") == study_uid and summary.get("series_uid") == series_uid:
+            found.append(ResultFolder(summary_path.parent))
+    return found
+
+
+def supersede_earlier(folder: ResultFolder) -> list[Dataset]:
+    """Mark every other result of `folder`'s series superseded by it; return the headers of
+    their result objects (rejection notes excluded), for the rejection note that withdraws
+    them from the PACS.
+
+    Call it only for a result whose series still holds its sources (:func:`is_current`):
+    every other result of the series is then older (scored on fewer or other instances, or
+    by another model version).
+    """
+    summary = folder.summary()
+    headers = []
+    for other in series_results(folder.path.parent, summary["study_uid"], summary["series_uid"]):
+        if other.result_id == folder.result_id:
+            continue
+        other.mark_superseded(folder.result_id, "a newer result of the same series replaces it")
+        headers.extend(pydicom.dcmread(p, stop_before_pixels=True)
+                       for p in other.result_objects())
+    return headers
+
+
+def series_in_outbox(spool_dir: Path | str) -> set[tuple[str, str]]:
+    """(study, series) UIDs of the results waiting in the outbox or dead-lettered.
+
+    Their delivery is being retried or waits for ``outbox retry``: they are not stuck.
+    """
+    found = set()
+    for entry in Outbox(spool_dir).entries():
+        try:
+            summary = ResultFolder(entry.result_dir).summary()
+        except (OSError, ValueError):
+            continue
+        found.add((str(summary.get("study_uid")), str(summary.get("series_uid"))))
+    return found
+
+
+def is_current(folder: ResultFolder, spool_dir: Path | str) -> bool:
+    """Whether the spooled series still holds exactly the instances `folder` was scored on.
+
+    ``False`` when instances arrived (or left) after scoring: the series reopened and a
+    newer job covers it. ``True`` for results not made from a spooled series
+    (``picard-node score``).
+    """
+    summary = folder.summary()
+    spool = Spool(spool_dir)
+    try:
+        ref = spool.series_ref(summary["study_uid"], summary["series_uid"])
+    except (SpoolError, KeyError):
+        return True
+    directory = Path(ref.directory)
+    sources = [Path(p) for p in summary.get("sources", [])]
+    if not directory.is_dir() or any(p.parent != directory for p in sources):
+        return True
+    return {p.name for p in spool.series_files(ref)} == {p.name for p in sources}
 
 
 @dataclass(frozen=True)
@@ -230,7 +328,8 @@ class DeliveryReport:
 
 
 def deliver(folder: ResultFolder, destinations: Sequence[Destination], *, spool_dir: Path,
-            calling_ae_title: str, policy: RetryPolicy) -> DeliveryReport:
+            calling_ae_title: str, policy: RetryPolicy,
+            job_id: str | None = None) -> DeliveryReport:
     """Send a result's objects to every destination that has not answered success yet.
 
     The bookkeeping happens here and nowhere else: the outbox entry is opened on the first
@@ -251,17 +350,29 @@ def deliver(folder: ResultFolder, destinations: Sequence[Destination], *, spool_
         The node's AE title.
     policy : RetryPolicy
         Backoff and dead-letter limits.
+    job_id : str, optional
+        The export job calling (recorded in the outbox entry, see
+        :attr:`~dicom_node.outbox.OutboxEntry.job_id`).
 
     Returns
     -------
     DeliveryReport
+        ``complete`` without sending when the result is superseded or its series changed
+        after scoring (its outbox entry is dropped; the newer result is delivered instead).
     """
+    if folder.superseded is None and not is_current(folder, spool_dir):
+        folder.mark_superseded(None, "the series changed after scoring; a newer job covers it")
+    if folder.superseded is not None:
+        Outbox(spool_dir).delivered(folder.result_id)
+        logger.info("result %s is superseded; not sent", folder.result_id)
+        return DeliveryReport(folder.result_id, complete=True)
     if not destinations:
         logger.info("no destinations configured; result %s stays in %s", folder.result_id,
                     folder.path)
+        _mark_series_done(folder, spool_dir)
         return DeliveryReport(folder.result_id, complete=True)
     outbox = Outbox(spool_dir)
-    entry = outbox.open(folder.result_id, folder.path)
+    entry = outbox.open(folder.result_id, folder.path, job_id)
     if entry.state is OutboxState.DEAD_LETTER:
         logger.warning("result %s is dead-lettered; `picard-node outbox retry` resends it",
                        folder.result_id)
@@ -276,8 +387,8 @@ def deliver(folder: ResultFolder, destinations: Sequence[Destination], *, spool_
         try:
             send_to_destination(objects, dest, calling_ae_title=calling_ae_title)
         except (ExportError, ValueError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            audit.delivery(folder.result_id, dest, uids, "failed", str(exc),
+            error = describe_exception(exc)
+            audit.delivery(folder.result_id, dest, uids, "failed", error,
                            calling_ae=calling_ae_title)
             entry = outbox.record_failure(folder.result_id, error)
             if time.time() - entry.first_attempt >= policy.dead_letter_after_seconds:
@@ -285,7 +396,7 @@ def deliver(folder: ResultFolder, destinations: Sequence[Destination], *, spool_
                 return DeliveryReport(folder.result_id, sent, dead_letter=True, error=error)
             delay = policy.delay(entry.attempts)
             logger.warning("export of %s failed (attempt %d), retrying in %.0f s: %s",
-                           folder.result_id, entry.attempts, delay, exc)
+                           folder.result_id, entry.attempts, delay, error)
             return DeliveryReport(folder.result_id, sent, retry_in=delay, error=error)
         folder.mark_delivered(dest, uids)
         audit.delivery(folder.result_id, dest, uids, "delivered", calling_ae=calling_ae_title)

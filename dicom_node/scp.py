@@ -15,13 +15,19 @@ quarantined; the SCP keeps serving. The series it belongs to is then handed to t
 ``on_series_complete`` callback.
 
 Access control (AE titles, source hosts, DICOM TLS) follows :mod:`dicom_node.access`; a
-refused association gets an A-ASSOCIATE-RJ from the ``EVT_REQUESTED`` handler here. The TLS
-handshake runs in the connection's own thread with a time limit, so a silent or plain-TCP
-client blocks nobody.
+refused association gets an A-ASSOCIATE-RJ from the ``EVT_REQUESTED`` handler here. What a
+connection may cost before that check is bounded by :mod:`dicom_node.admission` (pending
+connections per host and overall, the oldest evicted; the ARTIM deadline for the
+A-ASSOCIATE-RQ; PDU sizes; idle timeouts); associations beyond ``max_associations`` (or
+``max_associations_per_host``) get A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded.
+The TLS handshake runs in the connection's own thread with a time limit, so a silent or
+plain-TCP client blocks nobody.
 
 Every association (accepted, rejected, failed TLS handshake) leaves one record in the audit
 trail (:class:`dicom_node.audit.AuditLog`, ``<spool>/audit/audit-YYYYMMDD.jsonl``) and one
-log line; neither carries patient names or IDs.
+log line; connections dropped before their A-ASSOCIATE-RQ was read are counted and leave one
+record and one line per peer address and reason every few seconds. None of them carries an
+attribute value (:mod:`dicom_node.phi`).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from dicom_node.access import (
     describe_tls,
     server_ssl_context,
 )
+from dicom_node.admission import ConnectionGuard, ConnectionLimits
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.instances import (
@@ -59,6 +66,7 @@ from dicom_node.instances import (
     decodable_transfer_syntaxes,
     read_instance_header,
 )
+from dicom_node.phi import describe_exception
 from dicom_node.series import SeriesTracker
 from dicom_node.spool import SeriesRef, Spool
 from dicom_node.tls import peer_subject
@@ -73,6 +81,12 @@ from dicom_node.transport import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between two reports of connections dropped before association.
+DROP_REPORT_SECONDS = 2.0
+#: A-ASSOCIATE-RJ for an association over the limits: rejected-transient, DICOM UL
+#: service-provider (presentation related function), local-limit-exceeded (PS3.8 9.3.4).
+LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 
 
 def _failure(status: StoreStatus, comment: str) -> Dataset:
@@ -108,8 +122,10 @@ class StorageSCP:
     settings : Settings
         Uses ``ae_title``, ``host``, ``port`` (0: a free port), ``spool_dir``,
         ``series_quiet_seconds``, ``allowed_calling_aets``, ``require_called_ae_title``,
-        ``min_free_bytes`` and the TLS settings ``tls_cert``, ``tls_key``, ``tls_ca``,
-        ``tls_handshake_seconds``.
+        ``min_free_bytes``, the TLS settings ``tls_cert``, ``tls_key``, ``tls_ca``,
+        ``tls_handshake_seconds`` and the limits ``association_timeout_seconds``,
+        ``idle_timeout_seconds``, ``max_pdu_bytes``, ``max_associations``,
+        ``max_associations_per_host``, ``max_pending_connections``, ``max_pending_per_host``.
     on_series_complete : callable
         Called as ``on_series_complete(ref)`` once per complete series, in the SCP's monitor
         thread. Exceptions are logged and the call is retried later. Series a previous run
@@ -140,6 +156,10 @@ class StorageSCP:
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self._assocs: dict[int, _AssocStats] = {}
+        self._sockets: dict[int, Any] = {}  # id(association) -> its socket, for the guard
+        self._drops: dict[tuple[str, str], tuple[int, str]] = {}  # (host, kind) -> count
+        self._drops_reported = 0.0
+        self.guard = ConnectionGuard(ConnectionLimits.from_settings(settings))
         self._policy = AccessPolicy(ae_title=settings.ae_title.strip())  # resolved in start()
 
     @property
@@ -172,7 +192,7 @@ class StorageSCP:
         # Stream data sets to a file instead of memory (large tomosynthesis objects).
         hold_chunked_receive(self)
         ae = NodeAE(ae_title=self.settings.ae_title)
-        ae.maximum_pdu_size = 0  # unlimited: peers may send large PDUs
+        self._limit(ae)
         ae.tls_handshake_seconds = float(self.settings.tls_handshake_seconds)
         ae.tls_failed = self._tls_failed
         # Access is checked in the EVT_REQUESTED handler (reject reasons 3 and 7, the source
@@ -209,6 +229,22 @@ class StorageSCP:
                     self.port, describe_tls(self.settings), self.spool.root,
                     self.series.quiet_seconds, len(syntaxes), self._policy.describe())
 
+    def _limit(self, ae: NodeAE) -> None:
+        """Bounded resources before and after authentication (:mod:`dicom_node.admission`)."""
+        settings = self.settings
+        ae.maximum_pdu_size = int(settings.max_pdu_bytes)
+        ae.guard = self.guard
+        ae.pre_association_failed = self._pre_association_failed
+        ae.housekeeping = self._report_drops
+        ae.association_timeout_seconds = float(settings.association_timeout_seconds)
+        ae.idle_timeout_seconds = float(settings.idle_timeout_seconds)
+        ae.acse_timeout = float(settings.association_timeout_seconds)
+        ae.network_timeout = float(settings.idle_timeout_seconds)
+        # the guard decides (per host and overall); pynetdicom's own count includes
+        # connections still negotiating, so it must never be the one to refuse
+        ae.maximum_associations = (settings.max_associations + settings.max_pending_connections
+                                   + 16)
+
     def stop(self) -> None:
         """Stop listening, abort open associations and stop the monitor thread."""
         if self._ae is not None:
@@ -217,6 +253,7 @@ class StorageSCP:
         self._ae = None
         release_chunked_receive(self)
         self.series.stop()
+        self._report_drops(force=True)
         logger.info("storage SCP %s stopped", self.settings.ae_title)
 
     def __enter__(self) -> StorageSCP:
@@ -232,8 +269,9 @@ class StorageSCP:
         stats = self._stats(event.assoc)
         try:
             status = self._store(event)
-        except Exception:  # noqa: BLE001 - never let a bug kill the association
-            logger.exception("unexpected error while storing an instance")
+        except Exception as exc:  # noqa: BLE001 - never let a bug kill the association
+            logger.error("unexpected error while storing an instance: %s",
+                         describe_exception(exc), exc_info=True)
             status = _failure(StoreStatus.PROCESSING_FAILURE, "internal error in the node")
         code = status if isinstance(status, int) else int(status.Status)
         if stats is not None:
@@ -318,6 +356,7 @@ class StorageSCP:
         host, port = str(assoc.requestor.address), assoc.requestor.port
         reason = self._policy.check(calling, called, host)
         if reason is None:
+            self._check_limits(event, calling, called)
             return
         # Log and audit first: once the reject is out the peer may look at the trail.
         sock = association_socket(assoc)
@@ -331,6 +370,53 @@ class StorageSCP:
         # pynetdicom skips its own negotiation when EVT_REQUESTED sent a reject
         assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(reason))
         assoc.kill()  # waits until the reject is sent, as pynetdicom's own rejects do
+
+    def _check_limits(self, event: Event, calling: str, called: str) -> None:
+        """Count the association; over a limit, answer rejected-transient (local limit)."""
+        assoc = event.assoc
+        sock = association_socket(assoc)
+        with self._lock:
+            self._sockets[id(assoc)] = sock
+        over = self.guard.associate(sock)
+        if over is None:
+            return
+        host, port = str(assoc.requestor.address), assoc.requestor.port
+        logger.warning("association from %s (%s:%s) to %s rejected: local limit exceeded, %s",
+                       calling, host, port, called, over)
+        self._audit_association(calling_ae=calling, called_ae=called, peer_host=host,
+                                peer_port=port, tls=isinstance(sock, ssl.SSLSocket),
+                                outcome="rejected", detail=f"local limit exceeded: {over}")
+        assoc.acse.send_reject(*LOCAL_LIMIT_EXCEEDED)
+        assoc.kill()
+
+    def _pre_association_failed(self, address: Any, reason: str) -> None:
+        """A connection was dropped before its A-ASSOCIATE-RQ was read (transport hook).
+
+        Counted per peer address and reason, reported by :meth:`_report_drops` (one log
+        line and one audit record per address and reason every few seconds): a flood of
+        connections must not become a flood of fsynced audit writes.
+        """
+        host = str(address[0]) if isinstance(address, tuple) else str(address)
+        kind = reason.split(" after ")[0].split(";")[0][:80]
+        with self._lock:
+            count, example = self._drops.get((host, kind), (0, reason))
+            self._drops[(host, kind)] = (count + 1, example)
+
+    def _report_drops(self, *, force: bool = False) -> None:
+        """Log and audit the connections dropped before association since the last report."""
+        now = time.monotonic()
+        with self._lock:
+            due = force or now - self._drops_reported >= DROP_REPORT_SECONDS
+            if not self._drops or not due:
+                return
+            drops, self._drops = self._drops, {}
+            self._drops_reported = now
+        for (host, _), (count, example) in sorted(drops.items()):
+            logger.warning("%d connection(s) from %s closed before association: %s", count,
+                           host, example)
+            self._audit_association(calling_ae="", called_ae="", peer_host=host,
+                                    outcome="dropped before association",
+                                    detail=f"{count} connection(s): {example}"[:300])
 
     def _handle_accepted(self, event: Event) -> None:
         """A-ASSOCIATE-AC sent: start the association's statistics; log refused contexts."""
@@ -380,6 +466,9 @@ class StorageSCP:
         """Connection closed: one log line and one audit record for the association."""
         with self._lock:
             stats = self._assocs.pop(id(event.assoc), None)
+            sock = self._sockets.pop(id(event.assoc), None)
+        if sock is not None:
+            self.guard.release(sock)
         if stats is None:
             return
         seconds = time.monotonic() - stats.started

@@ -25,6 +25,7 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification
 
+from dicom_node.phi import PhiFreeError
 from dicom_node.tls import destination_tls_args
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 MAX_CONTEXTS = 128
 
 
-class ExportError(RuntimeError):
+class ExportError(PhiFreeError, RuntimeError):
     """Sending to a peer failed.
 
     Attributes

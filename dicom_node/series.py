@@ -1,8 +1,8 @@
-"""When a received series is complete, and the one recovery path for unfinished series.
+"""When a received series is complete, and the recovery paths for unfinished series.
 
 This module owns the series-completeness state machine of the storage SCP
-(:class:`SeriesTracker`) and what a restarted node re-dispatches
-(:func:`unfinished_series`).
+(:class:`SeriesTracker`), what a restarted node re-dispatches (:func:`unfinished_series`)
+and what the node's watchdog re-dispatches while it runs (:func:`stuck_series`).
 
 A series is complete
 
@@ -29,16 +29,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from dicom_node.spool import SeriesRef, Spool, StoredInstance
+from dicom_node.spool import SeriesRef, SeriesState, Spool, StoredInstance
 
 logger = logging.getLogger(__name__)
 
 #: Longest wait between retries of a failing series callback, seconds.
 MAX_RETRY_SECONDS = 300.0
+#: Dispatches of one round after which the watchdog marks a stuck series failed.
+MAX_DISPATCHES = 3
 
 
 @dataclass
@@ -215,3 +217,68 @@ def unfinished_series(spool: Spool, *, embedded_broker: bool) -> list[SeriesRef]
     lost = ([ref for ref in spool.all_series() if spool.state(ref) == "dispatched"]
             if embedded_broker else [])
     return lost + spool.pending_series()
+
+
+@dataclass(frozen=True)
+class StuckSeries:
+    """A series dispatched long ago that is neither done nor failed.
+
+    Attributes
+    ----------
+    ref : SeriesRef
+        The series.
+    seconds : float
+        Time since its last dispatch.
+    dispatches : int
+        Dispatches of this round so far.
+    job_id : str or None
+        Job id of the last dispatch.
+    """
+
+    ref: SeriesRef
+    seconds: float
+    dispatches: int
+    job_id: str | None
+
+    @property
+    def exhausted(self) -> bool:
+        """Dispatched :data:`MAX_DISPATCHES` times already: give up (mark it failed)."""
+        return self.dispatches >= MAX_DISPATCHES
+
+
+def stuck_series(spool: Spool, *, older_than: float, now: float | None = None,
+                 waiting: Collection[tuple[str, str]] = ()) -> list[StuckSeries]:
+    """Series whose last dispatch is more than `older_than` seconds old, still unfinished.
+
+    The node's watchdog dispatches each again (every stage is idempotent), or marks it
+    failed once :attr:`StuckSeries.exhausted`.
+
+    Parameters
+    ----------
+    spool : Spool
+        The node's spool.
+    older_than : float
+        Seconds since the ``dispatched`` marker was written (``Settings.stuck_after_seconds``).
+    now : float, optional
+        Unix time to compare with (default: now).
+    waiting : collection of (str, str)
+        (study, series) UIDs whose result waits in the outbox (retried there, or
+        dead-lettered and listed there): not stuck
+        (:func:`dicom_node.results.series_in_outbox`).
+
+    Returns
+    -------
+    list of StuckSeries
+        Sorted by study, then series UID.
+    """
+    now = time.time() if now is None else now
+    stuck = []
+    for ref in spool.series_in(SeriesState.DISPATCHED):
+        if (ref.study_uid, ref.series_uid) in waiting:
+            continue
+        marker = spool.read_marker(ref, SeriesState.DISPATCHED) or {}
+        age = now - float(marker.get("time", now))
+        if age > older_than:
+            stuck.append(StuckSeries(ref, age, int(marker.get("dispatches", 1)),
+                                     marker.get("job_id")))
+    return stuck

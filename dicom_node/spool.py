@@ -18,8 +18,11 @@ characters); anything else is rejected with :class:`SpoolError`.
 
 Series state is a set of small JSON marker files written atomically:
 ``received`` (first instance stored) → ``complete`` (quiet period over, or a multi-frame
-instance arrived) → ``dispatched`` (job id) → ``done``. :meth:`Spool.pending_series` lists
-complete series that were not dispatched, so a restarted node can dispatch them again.
+instance arrived) → ``dispatched`` (job id, dispatch count) → ``done``, or ``failed`` (stage
+and a reason naming no attribute value; a series that cannot be loaded is *quarantined*: its
+files move to ``quarantine/`` and the marker lists them so :meth:`Spool.restore_quarantined`
+can bring them back for a retry). :meth:`Spool.pending_series` lists complete series that
+were not dispatched, so a restarted node can dispatch them again.
 A second copy of an instance (same SOP Instance UID) replaces the first and changes no state.
 """
 
@@ -42,6 +45,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dicom_node.phi import PhiFreeError
+
 logger = logging.getLogger(__name__)
 
 #: Sub-folders of the spool root.
@@ -58,6 +63,7 @@ class SeriesState(StrEnum):
     RECEIVED = "received"
     COMPLETE = "complete"
     DISPATCHED = "dispatched"
+    FAILED = "failed"
     DONE = "done"
 
 
@@ -65,11 +71,13 @@ class SeriesState(StrEnum):
 MARKERS: tuple[SeriesState, ...] = tuple(SeriesState)
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Values made of these only may be quoted in messages (they cannot hold a name or date).
+_UID_CHARS_RE = re.compile(r"^[0-9.]{0,80}$")
 _NAME_RE = re.compile(r"[^0-9A-Za-z._-]")
 _COPY_CHUNK = 16 * 1024 * 1024
 
 
-class SpoolError(ValueError):
+class SpoolError(PhiFreeError, ValueError):
     """Raised for input the spool cannot store (bad UID, missing file)."""
 
 
@@ -131,7 +139,8 @@ def check_uid(value: Any, name: str = "UID") -> str:
     """
     text = str(value if value is not None else "").strip(" \x00")
     if not text or len(text) > 64 or not _UID_RE.match(text):
-        raise SpoolError(f"{name} {str(value)!r} is not a DICOM UID (digits and dots, 1-64 chars)")
+        shown = repr(text) if _UID_CHARS_RE.match(text) else f"of {len(text)} characters"
+        raise SpoolError(f"{name} {shown} is not a DICOM UID (digits and dots, 1-64 chars)")
     return text
 
 
@@ -409,35 +418,79 @@ class Spool:
     def mark_complete(self, ref: SeriesRef, *, reason: str) -> None:
         """Record that the series is complete, e.g. ``reason="quiet period"``.
 
-        Clears ``dispatched`` and ``done`` from an earlier round: the series needs a new job.
+        Clears ``dispatched``, ``failed`` and ``done`` from an earlier round: the series needs
+        a new job.
         """
-        self._clear_markers(ref, SeriesState.DONE, SeriesState.DISPATCHED)
+        self._clear_markers(ref, SeriesState.DONE, SeriesState.FAILED, SeriesState.DISPATCHED)
         self._write_marker(ref, SeriesState.COMPLETE, reason=reason)
 
     def mark_dispatched(self, ref: SeriesRef, job_id: str | None) -> None:
-        """Record that the series was handed to a job (`job_id` may be ``None``)."""
-        self._write_marker(ref, SeriesState.DISPATCHED, job_id=job_id)
+        """Record that the series was handed to a job (`job_id` may be ``None``).
+
+        The marker counts the dispatches of this round (``dispatches``: 1, 2, ...), which the
+        watchdog reads (:func:`dicom_node.series.stuck_series`).
+        """
+        previous = self.read_marker(ref, SeriesState.DISPATCHED) or {}
+        self._write_marker(ref, SeriesState.DISPATCHED, job_id=job_id,
+                           dispatches=int(previous.get("dispatches", 0)) + 1)
+
+    def mark_failed(self, ref: SeriesRef, *, stage: str, reason: str,
+                    result_id: str | None = None,
+                    quarantined: dict[str, str] | None = None) -> None:
+        """Record that the series' job ended without a result (it stays listed until retried).
+
+        Parameters
+        ----------
+        ref : SeriesRef
+            The series.
+        stage : str
+            ``"analyze"``, ``"encode"``, ``"export"`` or ``"watchdog"``.
+        reason : str
+            Why, naming tags and UIDs only (see :mod:`dicom_node.phi`).
+        result_id : str, optional
+            The result folder concerned, when there is one.
+        quarantined : dict of str to str, optional
+            Original file name → quarantined path, when the files were quarantined.
+        """
+        self._write_marker(ref, SeriesState.FAILED, stage=stage, reason=reason[:2000],
+                           result_id=result_id, quarantined=quarantined or {})
+        logger.error("series %s failed in %s: %s", ref.series_uid, stage, reason)
 
     def mark_done(self, ref: SeriesRef) -> None:
         """Record that the series' job finished."""
         self._write_marker(ref, SeriesState.DONE)
 
     def reopen(self, ref: SeriesRef) -> None:
-        """Clear ``complete``/``dispatched``/``done`` after a new instance arrived late."""
-        self._clear_markers(ref, SeriesState.DONE, SeriesState.DISPATCHED, SeriesState.COMPLETE)
+        """Clear ``complete``/``dispatched``/``failed``/``done`` after a new instance arrived
+        late."""
+        self._clear_markers(ref, SeriesState.DONE, SeriesState.FAILED, SeriesState.DISPATCHED,
+                            SeriesState.COMPLETE)
         state_dir = Path(ref.directory) / STATE_DIR
         if state_dir.is_dir():
             fsync_path(state_dir, directory=True)
 
-    def quarantine_series(self, ref: SeriesRef, reason: str) -> None:
+    def quarantine_series(self, ref: SeriesRef, reason: str, *, stage: str = "analyze") -> None:
         """Move every instance of a series that cannot be analyzed to the quarantine.
 
-        The series is marked done afterwards, so a restarted node does not dispatch it again.
+        The series is marked failed with the list of moved files, so a restarted node does
+        not dispatch it again, ``picard-node status`` lists it and ``picard-node retry`` can
+        bring the files back (:meth:`restore_quarantined`).
         """
-        for f in self.series_files(ref):
-            self.quarantine(f, name=f.name, reason=reason)
-        self.mark_done(ref)
-        logger.error("quarantined series %s: %s", ref.series_uid, reason)
+        moved = {f.name: str(self.quarantine(f, name=f.name, reason=reason))
+                 for f in self.series_files(ref)}
+        self.mark_failed(ref, stage=stage, reason=f"quarantined: {reason}", quarantined=moved)
+
+    def restore_quarantined(self, ref: SeriesRef) -> int:
+        """Move a failed series' quarantined files back into its folder; returns how many."""
+        failure = self.read_marker(ref, SeriesState.FAILED) or {}
+        restored = 0
+        for name, where in (failure.get("quarantined") or {}).items():
+            src = Path(where)
+            if src.is_file():
+                _move_durable(src, Path(ref.directory) / name)
+                _unlink_quietly(src.with_name(src.name + ".reason.txt"))
+                restored += 1
+        return restored
 
     def all_series(self) -> list[SeriesRef]:
         """Every series folder in the spool (sorted by study, then series UID)."""
@@ -458,6 +511,10 @@ class Spool:
     def open_series(self) -> list[SeriesRef]:
         """Series that received instances but are not complete yet (e.g. after a crash)."""
         return self.series_in(SeriesState.RECEIVED)
+
+    def failed_series(self) -> list[SeriesRef]:
+        """Series whose job ended in a failure (quarantined ones included)."""
+        return self.series_in(SeriesState.FAILED)
 
 
 def pending_series(spool_dir: Path | str) -> list[SeriesRef]:

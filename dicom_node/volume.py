@@ -28,6 +28,7 @@ from pydicom.uid import BreastTomosynthesisImageStorage
 
 from dicom_node.laterality import (LateralityError, header_laterality,
                                    header_laterality_multiframe, resolve_laterality)
+from dicom_node.phi import PhiFreeError, describe_exception
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ MAX_SHAPE: tuple[int, int, int] = (512, 4096, 4096)
 MAX_BYTES: int = 4 * 1024**3
 
 
-class VolumeError(ValueError):
-    """A series cannot be turned into a volume; the message says why."""
+class VolumeError(PhiFreeError, ValueError):
+    """A series cannot be turned into a volume; the message says why (no attribute values
+    that could identify the patient: tags, geometry, counts)."""
 
 
 @dataclass
@@ -122,7 +124,7 @@ def load_series(
             OverflowError) as exc:
         # a malformed header value (e.g. a DS that is not a number, an item without the
         # attribute it must hold): the series cannot be loaded, say why
-        raise VolumeError(f"malformed header: {type(exc).__name__}: {exc}") from exc
+        raise VolumeError(f"malformed header: {describe_exception(exc)}") from exc
 
 
 def _load_series(
@@ -133,7 +135,7 @@ def _load_series(
         try:
             datasets.append(pydicom.dcmread(p))
         except Exception as exc:  # pydicom raises several types for broken files
-            raise VolumeError(f"cannot read DICOM file {p}: {exc}") from exc
+            raise VolumeError(f"cannot read DICOM file {p}: {describe_exception(exc)}") from exc
     for ds, p in zip(datasets, paths):
         if "PixelData" not in ds:
             raise VolumeError(f"{p} has no Pixel Data")

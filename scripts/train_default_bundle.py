@@ -143,12 +143,12 @@ def _views(exams, slices_of) -> list:
 P_GRID = (0.5, 0.25, 0.1)  # dropout probabilities tried on the validation set (official 0.5)
 #: compare_methods row -> card settings (metric, M, use dropout)
 ROW_TO_CARD = {
-    "MCD image (M=10)": ("MCD_image", 10, True),
-    "MCD feature (M=10)": ("MCD_feature", 10, True),
-    "MeanCD image (M=10)": ("MeanCD_image", 10, True),
-    "MeanCD feature (M=10)": ("MeanCD_feature", 10, True),
-    "single image (M=1, no dropout)": ("MCD_image", 1, False),
-    "single feature (M=1, no dropout)": ("MCD_feature", 1, False),
+    "MCD image": ("MCD_image", 10, True),
+    "MCD feature": ("MCD_feature", 10, True),
+    "MeanCD image": ("MeanCD_image", 10, True),
+    "MeanCD feature": ("MeanCD_feature", 10, True),
+    "single image": ("MCD_image", 1, False),
+    "single feature": ("MCD_feature", 1, False),
 }
 
 
@@ -299,7 +299,7 @@ def _per_rule_summary(result: dict) -> dict:
     for row, (_, _, drop) in ROW_TO_CARD.items():
         if not drop:
             rows[row] = {"p": 0.0, **any_run["methods"][row]}
-    mcd_p = result["per_rule_p"]["MCD image (M=10)"]
+    mcd_p = result["per_rule_p"]["MCD image"]
     return {"methods": rows, "mcd_p": mcd_p, "mcd_minus_single": runs[str(mcd_p)]["paired"],
             "note": "dropout p of each rule chosen on the validation phantoms among "
                     f"{list(P_GRID)}; single-completion rows use no dropout"}

@@ -1,7 +1,8 @@
 """``picard-node``: the command line, the one place that composes the packages.
 
-Sub-commands: ``serve``, ``worker``, ``synth``, ``score``, ``model import-official``,
-``train``, ``evaluate``, ``demo``. Each is a thin function over library code.
+Sub-commands: ``serve``, ``worker``, ``status``, ``retry``, ``outbox``, ``synth``, ``score``,
+``model import-official``, ``train``, ``evaluate``, ``bench``, ``demo``. Each is a thin
+function over library code.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
         "model_bundle": getattr(args, "model", None),
         "device": getattr(args, "device", None),
         "series_quiet_seconds": getattr(args, "quiet_seconds", None),
+        "inference_mode": getattr(args, "inference_mode", None),
     }
     dests = getattr(args, "destination", None)
     if dests:
@@ -48,10 +50,17 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _configure_logging(level: str) -> None:
+    from dicom_node.phi import install_log_guard
+
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("pynetdicom", "celery", "kombu", "amqp", "highdicom"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # no attribute value in any log line: tracebacks without messages that may quote values,
+    # library text withheld (pydicom/highdicom), Celery's task-failure "exc" withheld unless
+    # it is a rejection or retry (the tasks raise only PHI-free ones, workers.tasks.StageTask)
+    install_log_guard(mapping_args=("exc",),
+                      keep_when={"description": ("rejected", "retry")})
 
 
 # --------------------------------------------------------------------------- serve / worker
@@ -67,33 +76,83 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.node import run_worker
 
     return run_worker(_settings_from_args(args), queues=args.queues,
-                      concurrency=args.concurrency, pool=args.pool, log_level=args.log_level)
+                      concurrency=args.concurrency, pool=args.pool, log_level=args.log_level,
+                      embedded_parent=args.embedded_parent)
+
+
+# --------------------------------------------------------------------------- status / retry
+def cmd_status(args: argparse.Namespace) -> int:
+    """Failed, quarantined, stuck and in-progress series and the outbox; 1 if any failed."""
+    from workers.ops import status_report
+
+    text, attention = status_report(_settings_from_args(args), as_json=args.json)
+    print(text)
+    return 1 if attention else 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Dispatch failed, quarantined or stuck series again."""
+    from workers.ops import retry_series
+
+    print("\n".join(retry_series(_settings_from_args(args), args.series_uids, all_=args.all)))
+    return 0
 
 
 # --------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
-    """Write synthetic DBT exams (and their ground-truth SEG)."""
+    """Write synthetic DBT exams (and their ground-truth SEG); optionally measure their realism.
+
+    With ``--report`` (or ``--report-only``, which writes nothing) each exam's entry gets the
+    figures of :func:`models.lab.phantom.realism_report` and the generation time; with
+    ``--count`` > 1 the output is ``{"exams": [...], "median": {...}}``.
+    """
+    import math
+    import statistics
+
     from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-    from models.lab.phantom import make_phantom
+    from models.lab.phantom import make_phantom, realism_report
     from workers.synthetic_exams import write_exam
 
+    report = args.report or args.report_only
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        out.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(args.count):
         seed = args.seed + i
+        t0 = time.perf_counter()
         phantom = make_phantom(seed=seed, lesions=args.lesions, slices=args.slices, rows=args.rows,
                                cols=args.cols, laterality=args.laterality, view=args.view,
                                pixel_spacing_mm=args.pixel_spacing, density=args.density,
-                               calcifications=args.calcifications)
-        exam = write_exam(phantom, out if args.count == 1 else out / f"exam_{seed:04d}",
-                          seed=seed, per_slice=args.per_slice,
-                          transfer_syntax=JPEG2000Lossless if args.jpeg2000
-                          else ExplicitVRLittleEndian)
-        written.append({"seed": seed, "files": [str(f) for f in exam.files],
-                        "truth": str(exam.truth_seg), "lesions": len(phantom.lesions)})
-    print(json.dumps(written if args.count > 1 else written[0], indent=2))
+                               calcifications=args.calcifications, birads=args.birads,
+                               real_size=args.real_size, distortion=args.distortion,
+                               sweep_angle_deg=args.sweep_angle,
+                               lesion_diameter_mm=tuple(args.lesion_diameter))
+        entry: dict = {"seed": seed}
+        if report:
+            entry["seconds"] = round(time.perf_counter() - t0, 2)
+        if not args.report_only:
+            exam = write_exam(phantom, out if args.count == 1 else out / f"exam_{seed:04d}",
+                              seed=seed, per_slice=args.per_slice,
+                              transfer_syntax=JPEG2000Lossless if args.jpeg2000
+                              else ExplicitVRLittleEndian)
+            entry.update(files=[str(f) for f in exam.files], truth=str(exam.truth_seg))
+        entry["lesions"] = len(phantom.lesions)
+        if report:
+            entry["report"] = realism_report(phantom)
+        written.append(entry)
+    if not report or args.count == 1:
+        print(json.dumps(written if args.count > 1 else written[0], indent=2, default=float))
+        return 0
+    median: dict[str, float | None] = {}
+    for key in ("seconds", "slice_beta", "slice_beta_fine", "slice_beta_0p4mm", "mass_contrast",
+                "mass_core_above_p99", "mass_texture_ratio", "density", "glandular_fraction",
+                "dense_fraction"):
+        vals = [e["seconds"] if key == "seconds" else e["report"].get(key) for e in written]
+        vals = [float(v) for v in vals if v is not None and not math.isnan(float(v))]
+        median[key] = statistics.median(vals) if vals else None
+    print(json.dumps({"exams": written, "median": median}, indent=2, default=float))
     return 0
 
 
@@ -104,7 +163,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from workers.pipeline import run_offline
 
     results = run_offline([Path(p) for p in args.inputs], Path(args.out), bundle=args.model,
-                          device=args.device or "cpu")
+                          device=args.device or "cpu", mode=args.inference_mode)
     for r in results:
         folder = ResultFolder(r)
         summary = folder.summary()
@@ -212,25 +271,13 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             print("outbox empty")
         for e in entries:
             age = time.time() - e.first_attempt
-            print(f"{e.result_id}  {e.state:<11}  attempts {e.attempts:<3} age {age:8.0f} s  "
-                  f"{e.last_error[:100]}")
+            job = f"  job {e.job_id}" if e.job_id else ""
+            print(f"{e.result_id}  {e.state:<11}  attempts {e.attempts:<3} age {age:8.0f} s"
+                  f"{job}  {e.last_error[:100]}")
         return 0
-    from workers.celery_app import install_app
+    from workers.ops import retry_exports
 
-    install_app(settings)
-    from workers.tasks import dispatch_export
-
-    wanted = set(args.result_ids)
-    chosen = [e for e in entries if args.all or e.result_id in wanted]
-    missing = wanted - {e.result_id for e in entries}
-    if missing:
-        raise ValueError(f"not in the outbox or dead-letter folder: {sorted(missing)}")
-    if not chosen:
-        raise ValueError("name result ids to retry, or --all")
-    for e in chosen:
-        outbox.revive(e.result_id)
-        job = dispatch_export(e.result_dir)
-        print(f"{e.result_id}: export queued as job {job}")
+    print("\n".join(retry_exports(settings, args.result_ids, all_=args.all)))
     return 0
 
 
@@ -263,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--broker-url")
         p.add_argument("--model", type=Path, help="model bundle folder")
         p.add_argument("--device", help="torch device: cpu, cuda, cuda:N")
+        p.add_argument("--inference-mode", choices=["exact", "fast"],
+                       help="override the model card's inference mode (results say which)")
 
     p = sub.add_parser("serve", help="run the DICOM storage SCP")
     node_options(p)
@@ -278,21 +327,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", default="gpu,io")
     p.add_argument("--concurrency", type=int)
     p.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    p.add_argument("--embedded-parent", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("status", help="failed, quarantined, stuck series and the outbox "
+                                      "(exit status 1 when something needs attention)")
+    node_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("retry", help="dispatch failed, quarantined or stuck series again")
+    node_options(p)
+    p.add_argument("series_uids", nargs="*", metavar="SERIES_UID")
+    p.add_argument("--all", action="store_true", help="every failed or quarantined series")
+    p.set_defaults(func=cmd_retry)
 
     p = sub.add_parser("synth", help="write synthetic DBT exams")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--count", type=int, default=1, help="number of exams (seeds seed..seed+count-1)")
     p.add_argument("--lesions", type=int, default=1)
-    p.add_argument("--slices", type=int, default=32)
-    p.add_argument("--rows", type=int, default=512)
-    p.add_argument("--cols", type=int, default=384)
+    p.add_argument("--slices", type=int,
+                   help="default 32, or from the compressed thickness with --real-size")
+    p.add_argument("--rows", type=int, help="default 512, or from the breast with --real-size")
+    p.add_argument("--cols", type=int, help="default 384, or from the breast with --real-size")
     p.add_argument("--pixel-spacing", type=float, default=0.1, help="mm")
     p.add_argument("--laterality", choices=["L", "R"], default="L")
     p.add_argument("--view", choices=["CC", "MLO"], default="CC")
-    p.add_argument("--density", type=float, default=0.5)
+    p.add_argument("--density", type=float,
+                   help="fibroglandular fraction of the glandular region (default 0.5)")
+    p.add_argument("--birads", choices=["a", "b", "c", "d"],
+                   help="BI-RADS density category (draws the density; not with --density)")
+    p.add_argument("--real-size", action="store_true",
+                   help="breast size and thickness drawn from population ranges; the field of "
+                        "view follows unless --rows/--cols/--slices are given")
     p.add_argument("--calcifications", action="store_true")
+    p.add_argument("--distortion", action="store_true", help="add an architectural distortion")
+    p.add_argument("--lesion-diameter", type=float, nargs=2, default=[5.0, 30.0],
+                   metavar=("MIN", "MAX"), help="mass diameter range, mm (default 5 30)")
+    p.add_argument("--sweep-angle", type=float, default=15.0,
+                   help="tube sweep angle, degrees (ghost streak length; default 15)")
+    p.add_argument("--report", action="store_true",
+                   help="also print measured realism figures (JSON; medians when --count > 1)")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure the realism figures without writing DICOM")
     p.add_argument("--per-slice", action="store_true", help="one single-frame instance per slice")
     p.add_argument("--jpeg2000", action="store_true", help="JPEG 2000 lossless pixel data")
     p.set_defaults(func=cmd_synth)
@@ -302,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--model", type=Path)
     p.add_argument("--device")
+    p.add_argument("--inference-mode", choices=["exact", "fast"],
+                   help="override the model card's inference mode (results say which)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("model", help="model bundle tools")
@@ -356,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = osub.add_parser("list", help="pending and dead-lettered results")
     node_options(q)
     q.set_defaults(func=cmd_outbox)
-    q = osub.add_parser("retry", help="queue export again (dead-lettered ones included)")
+    q = osub.add_parser("retry", help="queue export again (dead-lettered ones, and pending "
+                                      "ones with no job queued)")
     node_options(q)
     q.add_argument("result_ids", nargs="*")
     q.add_argument("--all", action="store_true")

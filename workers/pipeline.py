@@ -22,8 +22,9 @@ import pydicom
 
 from dicom_node.config import Settings
 from dicom_node.encode import ScoreLabels, encode_results
-from dicom_node.results import (DeliveryReport, ResultFolder, RetryPolicy, deliver,
-                                results_root)
+from dicom_node.encode.ko import encode_rejection_note
+from dicom_node.results import (DeliveryReport, ResultFolder, RetryPolicy, deliver, is_current,
+                                results_root, supersede_earlier)
 from dicom_node.volume import group_by_series, load_series, unflip
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class AnalyzeOutcome:
 
 
 def analyze(series_dir: Path, results_dir: Path, *, bundle: Path | None = None,
-            device: str = "cpu") -> AnalyzeOutcome:
+            device: str = "cpu", mode: str | None = None) -> AnalyzeOutcome:
     """Score a series and store its heatmap (stored orientation, source frame order).
 
     Parameters
@@ -100,6 +101,9 @@ def analyze(series_dir: Path, results_dir: Path, *, bundle: Path | None = None,
         Model bundle; the shipped default when omitted.
     device : str
         Torch device, e.g. ``"cpu"`` or ``"cuda"``.
+    mode : {"exact", "fast"}, optional
+        Inference mode; default the model card's. Part of the result id, so results of
+        different modes never share a folder.
 
     Returns
     -------
@@ -107,8 +111,10 @@ def analyze(series_dir: Path, results_dir: Path, *, bundle: Path | None = None,
     """
     paths = series_files(series_dir)
     model = get_model(bundle, device)
+    scoring = model.scoring_description(mode)
     version = model_version(model)
-    folder = ResultFolder.for_sources(results_dir, paths, version)
+    key = version if scoring["mode"] == "exact" else f"{version}+{scoring['mode']}"
+    folder = ResultFolder.for_sources(results_dir, paths, key)
     if folder.analyzed:
         logger.info("result %s already exists; not scoring again", folder.result_id)
         return AnalyzeOutcome(folder, computed=False)
@@ -116,7 +122,8 @@ def analyze(series_dir: Path, results_dir: Path, *, bundle: Path | None = None,
     started = time.monotonic()
     volume = load_series(paths)
     loaded = time.monotonic()
-    heatmap = model.score_volume(volume.pixels, pixel_spacing_mm=volume.pixel_spacing_mm)
+    heatmap = model.score_volume(volume.pixels, pixel_spacing_mm=volume.pixel_spacing_mm,
+                                 mode=scoring["mode"])
     heatmap = unflip(np.asarray(heatmap, dtype=np.float32), volume)
     scored = time.monotonic()
 
@@ -130,7 +137,7 @@ def analyze(series_dir: Path, results_dir: Path, *, bundle: Path | None = None,
         "laterality": volume.laterality,
         "shape": list(heatmap.shape),
         "model_version": version,
-        "scoring": model.scoring_description(),
+        "scoring": scoring,
         "threshold": threshold,
         "max_score": float(heatmap.max()) if heatmap.size else 0.0,
         "voxels_above_threshold": int(above.sum()),
@@ -144,11 +151,21 @@ def analyze(series_dir: Path, results_dir: Path, *, bundle: Path | None = None,
     return AnalyzeOutcome(folder, computed=True)
 
 
-def encode(result_dir: Path) -> list[Path]:
-    """Write the DICOM result objects (Parametric Map, Segmentation, SR) of a result folder."""
+def encode(result_dir: Path, *, spool_dir: Path | None = None) -> list[Path]:
+    """Write the DICOM result objects (Parametric Map, Segmentation, SR) of a result folder.
+
+    With `spool_dir` (the node's path, not ``picard-node score``): a result whose series
+    changed after scoring is marked superseded and not encoded (returns ``[]``; a newer job
+    covers the series), and earlier results of the same series are withdrawn by an IOCM
+    rejection note written with this result's objects
+    (:func:`~dicom_node.encode.ko.encode_rejection_note`).
+    """
     folder = ResultFolder(result_dir)
     if folder.encoded:
         return folder.objects()
+    if spool_dir is not None and not is_current(folder, spool_dir):
+        folder.mark_superseded(None, "the series changed after scoring; a newer job covers it")
+        return []
     summary = folder.summary()
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in summary["sources"]]
     datasets = encode_results(sources, folder.heatmap(), threshold=summary["threshold"],
@@ -156,20 +173,25 @@ def encode(result_dir: Path) -> list[Path]:
                               output_uid_seed=summary["result_id"],
                               laterality=summary["laterality"], include_sr=True,
                               labels=ScoreLabels.from_summary(summary.get("scoring")))
+    withdrawn = supersede_earlier(folder) if spool_dir is not None else []
+    if withdrawn:
+        datasets.append(encode_rejection_note(withdrawn, output_uid_seed=summary["result_id"]))
+        logger.info("result %s withdraws %d earlier objects of its series", folder.result_id,
+                    len(withdrawn))
     paths = folder.write_objects(datasets)
     logger.info("encoded %d result objects for %s", len(paths), folder.result_id)
     return paths
 
 
-def export(result_dir: Path, settings: Settings) -> DeliveryReport:
+def export(result_dir: Path, settings: Settings, *, job_id: str | None = None) -> DeliveryReport:
     """Send a result's objects to the configured destinations (see :func:`deliver`)."""
     return deliver(ResultFolder(result_dir), settings.destinations,
                    spool_dir=Path(settings.spool_dir), calling_ae_title=settings.ae_title,
-                   policy=RetryPolicy.from_settings(settings))
+                   policy=RetryPolicy.from_settings(settings), job_id=job_id)
 
 
 def run_offline(inputs: list[Path], out_dir: Path, *, bundle: Path | None = None,
-                device: str = "cpu") -> list[Path]:
+                device: str = "cpu", mode: str | None = None) -> list[Path]:
     """Analyze and encode files or folders with no network (``picard-node score``).
 
     Inputs are grouped by Series Instance UID; each series gets a result folder under
@@ -186,7 +208,8 @@ def run_offline(inputs: list[Path], out_dir: Path, *, bundle: Path | None = None
             link = staging / f"{f.stem}.dcm"
             if not link.exists():
                 os.symlink(f.resolve(), link)
-        outcome = analyze(staging, results_root(out_dir), bundle=bundle, device=device)
+        outcome = analyze(staging, results_root(out_dir), bundle=bundle, device=device,
+                          mode=mode)
         encode(outcome.result_dir)
         results.append(outcome.result_dir)
     return results

@@ -3,13 +3,19 @@
 :func:`encode_results` turns a heatmap of minimum completion distance (MCD) scores on the
 source grid into
 
-* a **Parametric Map**: uint16 pixels, a Real World Value Mapping (slope/intercept) back to
-  MCD units, Frame Anatomy with the breast's laterality, frames in the source's order (OHIF
-  needs that); a hot palette colour LUT on request (``palette=True``: dicom3tools 2022 then
-  reports errors on the COLOR_RANGE attributes, so it is off by default);
+* a **Parametric Map**: float32 pixels 0..1 (0 = half the threshold, 1 = the highest
+  score), a Real World Value Mapping (slope/intercept) back to score units, Frame Anatomy
+  with the breast's laterality, frames ordered along the slice normal (what OHIF needs; see
+  :mod:`~dicom_node.encode.pm` for why float);
 * a **binary Segmentation** of ``heatmap >= threshold``: one segment "suspected lesion"
-  (SNOMED CT category Morphologically abnormal structure, type Mass), algorithm PICARD;
-* on request, a **Comprehensive 3D SR** (TID 1500) with one finding per connected component.
+  (SNOMED CT category Morphologically abnormal structure, type Mass), algorithm PICARD,
+  drawn in its own colour;
+* on request, a **Comprehensive 3D SR** (TID 1500) with one finding per lesion (3D
+  connected component) and its frame range.
+
+Series descriptions, dates and colours that viewers need are in
+:mod:`~dicom_node.encode.display`; every object of one result has the same Series Date and
+Time.
 
 One module per object kind: :mod:`~dicom_node.encode.pm`, :mod:`~dicom_node.encode.seg`,
 :mod:`~dicom_node.encode.sr`; what they share (output UIDs, source grid, frame order,
@@ -23,10 +29,12 @@ so it carries none (its source references tie it to the breast).
 Each object gets its own new series in the source's study, same rows, columns and frames as
 the source, references to the source frames and a Referenced Series Sequence (which OHIF
 needs). UIDs come from ``output_uid_seed``, so re-encoding the same job gives the same
-objects' UIDs (idempotent export). Both objects pass ``dciodvfy`` with no errors.
+objects' UIDs (idempotent export). Every object passes ``dciodvfy`` with no errors.
 """
 
 from __future__ import annotations
+
+import datetime as _dt
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -37,7 +45,8 @@ from dicom_node.encode.common import (
     source_grid,
     source_laterality,
 )
-from dicom_node.encode.pm import PM_LEVELS, encode_parametric_map, hot_palette
+from dicom_node.encode.pm import display_range, encode_parametric_map, order_along_normal
+from dicom_node.encode.sanitize import REQUIRED_TYPE2, Repair, clean_source_headers
 from dicom_node.encode.seg import encode_segmentation
 from dicom_node.encode.labels import ScoreLabels
 from dicom_node.encode.sr import MAMMOGRAPHY, encode_sr, findings
@@ -45,14 +54,14 @@ from dicom_node.encode.sr import MAMMOGRAPHY, encode_sr, findings
 __all__ = [
     "MAMMOGRAPHY",
     "ScoreLabels",
-    "PM_LEVELS",
+    "display_range",
     "encode_parametric_map",
     "encode_results",
     "encode_segmentation",
     "encode_sr",
     "findings",
     "frame_ordered",
-    "hot_palette",
+    "order_along_normal",
     "output_uid",
     "source_grid",
     "source_laterality",
@@ -114,16 +123,24 @@ def encode_results(
     ------
     ValueError
         If the heatmap does not match the source grid or holds NaN/inf values.
+
+    Notes
+    -----
+    The source headers are cleaned first (:func:`clean_source_headers`):
+    invalid values in attributes the objects copy are repaired or removed with a warning
+    naming the tag, so a source the PACS accepted always yields a result.
     """
+    source_datasets, _ = clean_source_headers(source_datasets)
     common = dict(
         model_name=model_name,
         model_version=model_version,
         output_uid_seed=output_uid_seed,
         labels=labels,
+        created=_dt.datetime.now(),
     )
     pm = encode_parametric_map(
         source_datasets, heatmap, series_number=series_number_base, laterality=laterality,
-        **common,
+        threshold=threshold, **common,
     )
     seg = encode_segmentation(
         source_datasets, heatmap, threshold=threshold, series_number=series_number_base + 1,
@@ -132,9 +149,8 @@ def encode_results(
     out: list[Dataset] = [pm, seg]
     if include_sr:
         sr = encode_sr(
-            source_datasets, heatmap, threshold=threshold, model_name=model_name,
-            model_version=model_version, output_uid_seed=output_uid_seed,
-            series_number=series_number_base + 2, labels=labels,
+            source_datasets, heatmap, threshold=threshold, series_number=series_number_base + 2,
+            **common,
         )
         if sr is not None:
             out.append(sr)

@@ -22,6 +22,7 @@ _RULE_CODES = {"min": "MCD", "mean": "MEANCD", "median": "MEDCD"}
 _RULE_NAMES = {"min": "minimum completion distance", "mean": "mean completion distance",
                "median": "median completion distance"}
 _SPACE_CODES = {"image": "IMAGE", "feature": "FEAT"}
+_RULE_SHORT = {"min": "MCD", "mean": "mean CD", "median": "median CD"}
 
 
 def _number(value: Any) -> str:
@@ -94,13 +95,25 @@ class ScoreLabels:
                 f"{self.mode}")[:64]
 
     @property
-    def max_concept(self) -> Code:
-        """SR concept of a finding's highest score under this rule."""
+    def short(self) -> str:
+        """A few words for viewers that cut long text, e.g. ``mean CD, image, M=10, exact``."""
         if not self.known:
-            return Code("MAXSCORE", CODING_SCHEME, "Maximum PICARD anomaly score")
+            return "rule not recorded"
+        return f"{_RULE_SHORT[self.rule]}, {self.space}, M={self.m}, {self.mode}"
+
+    @property
+    def max_concept(self) -> Code:
+        """SR concept of a finding's highest score, e.g. ``Max mean CD (image)``.
+
+        Short because OHIF draws ``<meaning>: <value> <unit>`` beside the outline and cuts
+        it at the viewport edge: rule and space (and ``fast`` when it was), while M, p and
+        the mode are in the SR's algorithm parameters.
+        """
+        if not self.known:
+            return Code("MAXSCORE", CODING_SCHEME, "Max PICARD score")
         value = f"MAX{_RULE_CODES[self.rule]}_{_SPACE_CODES[self.space]}"[:16]
-        meaning = f"Maximum {_RULE_NAMES[self.rule]} ({self.space}, M={self.m}, {self.mode})"
-        return Code(value, CODING_SCHEME, meaning[:64])
+        detail = self.space if self.mode != "fast" else f"{self.space}, fast"
+        return Code(value, CODING_SCHEME, f"Max {_RULE_SHORT[self.rule]} ({detail})")
 
     def algorithm_parameters(self, threshold: float | None = None) -> dict[str, str]:
         """Algorithm Parameters of the Algorithm Identification macro."""

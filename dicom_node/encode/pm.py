@@ -1,20 +1,33 @@
-"""The Parametric Map of a heatmap: uint16 pixels, Real World Value Mapping, Frame Anatomy.
+"""The Parametric Map of a heatmap: float32 pixels, Real World Value Mapping, Frame Anatomy.
 
-Stored values 0..:data:`PM_LEVELS` - 1 map back to score units through a Real World Value
-Mapping (slope/intercept); Frame Anatomy carries the breast's laterality (dcmqi needs it);
-frames are put back in the source's order (OHIF pairs frames by index); a hot palette colour
-LUT is added on request only (dicom3tools 2022 reports errors on COLOR_RANGE attributes).
+Why float32 with stored values 0..1: OHIF 3.13 (``cornerstone-dicom-pmap``) ignores the
+Real World Value Mapping and any palette; it copies the stored values into an array of the
+same type, multiplies them by 100 and shows them with its rainbow colour map over a fixed
+0..100 window, transparent at 0 and opaque at 100. Integer maps wrap into bands there
+(uint16 x 100 overflows); float32 values 0..1 show as a graded heatmap. So:
+
+* stored value 0 is half the SEG threshold (normal tissue stays uncoloured; lower scores
+  are negative, hence transparent in OHIF) and 1 is the highest score, at least the
+  threshold (:func:`display_range`);
+* the Real World Value Mapping (slope, intercept) gives every reader the real scores back,
+  exactly up to float32 precision, with the scoring rule as its label;
+* frames are ordered along the source's slice normal (row x column direction), ascending:
+  OHIF fills its volume in that order and ignores the frame references, so a source whose
+  frames run the other way would otherwise get its heatmap upside down in depth.
+
+Frame Anatomy carries the breast's laterality (dcmqi needs it). A float map cannot carry a
+palette colour LUT.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.sr.codedict import codes
 
 from dicom_node.encode.common import (
     fix_dimension_uids,
@@ -23,41 +36,39 @@ from dicom_node.encode.common import (
     series_and_device,
     source_laterality,
 )
+from dicom_node.encode.display import SCORE_UNIT, series_description, stamp_series
 from dicom_node.encode.labels import ScoreLabels
 
-#: Largest stored value of the Parametric Map (and size - 1 of its palette).
-PM_LEVELS = 4096
+
+def display_range(heatmap: np.ndarray, threshold: float | None) -> tuple[float, float]:
+    """Scores stored as 0 and 1: (half the threshold, max(highest score, threshold)).
+
+    Parameters
+    ----------
+    heatmap : numpy.ndarray
+        Scores.
+    threshold : float or None
+        SEG threshold; ``None``: the heatmap's own minimum and maximum.
+
+    Returns
+    -------
+    lo, hi : float
+        ``hi > lo`` always (a flat map without threshold gets ``hi = lo + 1``).
+    """
+    if threshold is None:
+        lo, hi = float(heatmap.min()), float(heatmap.max())
+    else:
+        lo = float(threshold) / 2.0
+        hi = max(float(heatmap.max()), float(threshold))
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi
 
 
-def hot_palette(levels: int = PM_LEVELS) -> hd.PaletteColorLUTTransformation:
-    """A black-red-yellow-white ("hot") 16-bit palette colour LUT with ``levels`` entries."""
-    x = np.linspace(0.0, 1.0, levels)
-    channels = {
-        "red": np.clip(3 * x, 0, 1),
-        "green": np.clip(3 * x - 1, 0, 1),
-        "blue": np.clip(3 * x - 2, 0, 1),
-    }
-    luts = {
-        name: hd.PaletteColorLUT(
-            first_mapped_value=0,
-            lut_data=np.rint(values * 65535).astype(np.uint16),
-            color=name,
-        )
-        for name, values in channels.items()
-    }
-    return hd.PaletteColorLUTTransformation(
-        red_lut=luts["red"], green_lut=luts["green"], blue_lut=luts["blue"]
-    )
-
-
-def _scale(heatmap: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Map scores to 0..PM_LEVELS-1; return (stored, slope, intercept)."""
-    lo = float(heatmap.min())
-    hi = float(heatmap.max())
-    span = hi - lo
-    slope = span / (PM_LEVELS - 1) if span > 0 else 1.0
-    stored = np.rint((heatmap - lo) / slope)
-    stored = np.clip(stored, 0, PM_LEVELS - 1).astype(np.uint16)
+def _scale(heatmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, float, float]:
+    """Stored float32 values ``(score - lo) / (hi - lo)``; return (stored, slope, intercept)."""
+    slope = hi - lo
+    stored = ((heatmap.astype(np.float64) - lo) / slope).astype(np.float32)
     return stored, slope, lo
 
 
@@ -82,32 +93,47 @@ def _set_frame_laterality(obj: Dataset, laterality: str | None) -> None:
     shared.FrameAnatomySequence = DicomSequence([_frame_anatomy(laterality)])
 
 
-def _source_frame_index(item: Dataset, source_datasets: Sequence[Dataset]) -> int:
-    """0-based source frame that a per-frame functional group item was derived from."""
-    ref = item.DerivationImageSequence[0].SourceImageSequence[0]
-    if len(source_datasets) == 1:
-        return int(ref.get("ReferencedFrameNumber", 1)) - 1
-    uids = [str(ds.SOPInstanceUID) for ds in source_datasets]
-    return uids.index(str(ref.ReferencedSOPInstanceUID))
+def _distance_along_normal(item: Dataset, normal: np.ndarray) -> float:
+    """Position of a per-frame functional group item along the slice normal (mm)."""
+    position = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+    return float(position @ normal)
 
 
-def _restore_source_order(pm: Dataset, source_datasets: Sequence[Dataset]) -> None:
-    """Put the map's frames back in the source's frame order.
+def order_along_normal(pm: Dataset) -> None:
+    """Reorder the map's frames by position along the slice normal, ascending.
 
-    highdicom sorts frames along its own slice normal; OHIF pairs Parametric Map frames with
-    source frames by index, so frame ``k`` must derive from source frame ``k``.
+    The normal is row direction x column direction of the shared Plane Orientation. This is
+    the order OHIF (cornerstone ``sortImageIdsAndGetSpacing``) gives the source volume, and
+    OHIF copies Parametric Map frames into that volume by index.
+
+    Raises
+    ------
+    ValueError
+        If the map is compressed or its pixels are not 32-bit float or 8/16-bit integer.
     """
     items = list(pm.PerFrameFunctionalGroupsSequence)
-    order = [_source_frame_index(item, source_datasets) for item in items]
-    if order == sorted(order):
+    iop = np.asarray(
+        pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient,
+        dtype=float,
+    )
+    normal = np.cross(iop[:3], iop[3:])
+    distances = [_distance_along_normal(item, normal) for item in items]
+    perm = np.argsort(distances, kind="stable")
+    if np.array_equal(perm, np.arange(len(items))):
         return
-    perm = np.argsort(order)
+    if pm.file_meta.TransferSyntaxUID.is_compressed:
+        raise ValueError("cannot reorder the frames of a compressed Parametric Map")
+    keyword = "FloatPixelData" if "FloatPixelData" in pm else "PixelData"
+    bits = int(pm.BitsAllocated)
+    if keyword == "FloatPixelData" and bits == 32:
+        dtype = np.dtype("<f4")
+    elif keyword == "PixelData" and bits in (8, 16):
+        dtype = np.dtype(f"<u{bits // 8}")
+    else:
+        raise ValueError(f"cannot reorder {keyword} with BitsAllocated {bits}")
     frames, rows, cols = len(items), int(pm.Rows), int(pm.Columns)
-    dtype = np.dtype(f"<u{int(pm.BitsAllocated) // 8}")
-    if pm.file_meta.TransferSyntaxUID.is_compressed or int(pm.BitsAllocated) not in (8, 16, 32):
-        raise ValueError("cannot reorder frames of a compressed or bit-packed Parametric Map")
-    pixels = np.frombuffer(pm.PixelData, dtype=dtype, count=frames * rows * cols)
-    pm.PixelData = pixels.reshape(frames, rows, cols)[perm].tobytes()
+    pixels = np.frombuffer(pm[keyword].value, dtype=dtype, count=frames * rows * cols)
+    setattr(pm, keyword, pixels.reshape(frames, rows, cols)[perm].tobytes())
     pm.PerFrameFunctionalGroupsSequence = DicomSequence([items[i] for i in perm])
 
 
@@ -120,17 +146,19 @@ def encode_parametric_map(
     output_uid_seed: str,
     series_number: int = 900,
     laterality: str | None = None,
-    palette: bool = False,
+    threshold: float | None = None,
     labels: ScoreLabels | None = None,
+    created: _dt.datetime | None = None,
 ) -> hd.pm.ParametricMap:
-    """Heatmap as a Parametric Map (uint16 + Real World Value Mapping + hot palette).
+    """Heatmap as a float32 Parametric Map with a Real World Value Mapping to scores.
 
     Parameters
     ----------
     source_datasets : sequence of pydicom.Dataset
-        Source headers (one multi-frame object, or single-frame instances in frame order).
+        Source headers (one multi-frame object, or single-frame instances in any order).
     heatmap : numpy.ndarray
-        (frames, rows, cols) MCD scores on the source grid, stored orientation.
+        (frames, rows, cols) scores on the source grid, stored orientation, in the order
+        :func:`~dicom_node.encode.common.frame_ordered` gives the sources.
     model_name, model_version : str
         Written as Manufacturer Model Name and Software Versions.
     output_uid_seed : str
@@ -139,27 +167,31 @@ def encode_parametric_map(
         Series Number. Default 900.
     laterality : str or None
         ``"L"``/``"R"``; default taken from the source header.
-    palette : bool
-        Add the hot palette colour LUT (Pixel Presentation COLOR_RANGE). Default False:
-        dicom3tools 2022 reports errors on such maps and OHIF ignores the palette.
+    threshold : float or None
+        SEG threshold: stored 0 is half of it, stored 1 the highest score (at least the
+        threshold), see :func:`display_range`. Default ``None``: the map's own range.
     labels : ScoreLabels, optional
         What the scores are (rule, space, M, p, mode): content label, description and
         the real-world value mapping's label and explanation. Default: "not recorded".
+    created : datetime.datetime, optional
+        Series Date and Time; default now.
 
     Returns
     -------
     highdicom.pm.ParametricMap
-        Real world value = stored value x slope + intercept (score units).
+        Real world value = stored value x slope + intercept (score units); frames ordered
+        along the slice normal (:func:`order_along_normal`).
     """
     source_datasets, heat = ordered_and_checked(source_datasets, heatmap)
     laterality = laterality or source_laterality(source_datasets)
-    stored, slope, intercept = _scale(heat)
+    lo, hi = display_range(heat, threshold)
+    stored, slope, intercept = _scale(heat, lo, hi)
     labels = labels or ScoreLabels()
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=labels.content_label,
         lut_explanation=labels.description,
-        unit=codes.UCUM.NoUnits,
-        value_range=(0, PM_LEVELS - 1),
+        unit=SCORE_UNIT,
+        value_range=(min(float(stored.min()), 0.0), max(float(stored.max()), 1.0)),
         slope=slope,
         intercept=intercept,
     )
@@ -169,17 +201,13 @@ def encode_parametric_map(
         **series_and_device("pm", output_uid_seed, series_number, model_name, model_version),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
-        voi_lut_transformations=[
-            hd.VOILUTTransformation(
-                window_center=(PM_LEVELS - 1) / 2.0, window_width=float(PM_LEVELS)
-            )
-        ],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
         content_label=labels.content_label,
         content_description=labels.description,
-        palette_color_lut_transformation=hot_palette() if palette else None,
-        series_description=f"{model_name} heatmap",
+        series_description=series_description(model_name, "heatmap", labels.short),
     )
     _set_frame_laterality(pm, laterality)
-    _restore_source_order(pm, source_datasets)
+    order_along_normal(pm)
     fix_dimension_uids(pm, output_uid(output_uid_seed, "pm", "dimension-organization"))
+    stamp_series(pm, created or _dt.datetime.now())
     return pm

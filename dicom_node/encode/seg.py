@@ -1,11 +1,15 @@
 """The binary Segmentation of ``heatmap >= threshold``: one segment "suspected lesion".
 
 The Segmentation IOD has no Frame Anatomy and ``dciodvfy`` rejects series ``Laterality`` on
-it, so it carries no laterality; its source references tie it to the breast.
+it, so it carries no laterality; its source references tie it to the breast. The segment has
+a Recommended Display CIELab Value (:data:`~dicom_node.encode.display.PREDICTION_RGB`), so
+viewers draw it apart from other segmentations of the study (OHIF draws every segment
+without one in red).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 from collections.abc import Sequence
 
@@ -19,6 +23,12 @@ from dicom_node.encode.common import (
     ordered_and_checked,
     output_uid,
     series_and_device,
+)
+from dicom_node.encode.display import (
+    PREDICTION_RGB,
+    display_colour,
+    series_description,
+    stamp_series,
 )
 from dicom_node.encode.labels import ScoreLabels
 
@@ -35,6 +45,7 @@ def encode_segmentation(
     output_uid_seed: str,
     series_number: int = 901,
     labels: ScoreLabels | None = None,
+    created: _dt.datetime | None = None,
 ) -> hd.seg.Segmentation:
     """Binary Segmentation of ``heatmap >= threshold`` ("suspected lesion").
 
@@ -55,6 +66,8 @@ def encode_segmentation(
     labels : ScoreLabels, optional
         What the scores are (rule, space, M, p, mode); written to the content
         description and the algorithm parameters. Default: "not recorded".
+    created : datetime.datetime, optional
+        Series Date and Time; default now.
 
     Returns
     -------
@@ -80,6 +93,7 @@ def encode_segmentation(
         algorithm_identification=algorithm,
         tracking_uid=output_uid(output_uid_seed, "seg", "tracking"),
         tracking_id="PICARD suspected lesion",
+        display_color=display_colour(PREDICTION_RGB),
     )
     seg = hd.seg.Segmentation(
         source_images=list(source_datasets),
@@ -90,11 +104,13 @@ def encode_segmentation(
         content_label="PICARD",
         content_description=f"{labels.description} >= {threshold:.4g}"[:64],
         omit_empty_frames=bool(mask.any()),
-        series_description=f"{model_name} suspected lesions",
+        series_description=series_description(
+            model_name, "lesions", f"{labels.short} >= {threshold:.4g}"),
     )
     if "Laterality" in seg:
         del seg.Laterality
     fix_dimension_uids(seg, output_uid(output_uid_seed, "seg", "dimension-organization"))
+    stamp_series(seg, created or _dt.datetime.now())
     if not mask.any():
         logger.info("no score >= %g: writing an empty segmentation", threshold)
     return seg

@@ -1,7 +1,14 @@
-"""The Comprehensive 3D SR (TID 1500) of a heatmap: one finding per connected component."""
+"""The Comprehensive 3D SR (TID 1500) of a heatmap: one finding per lesion.
+
+A lesion is a 3D connected component of ``heatmap >= threshold``. Its finding names the
+frames it spans ("lesion 1, frames 7-21", 1-based source frame numbers), outlines it on the
+frame of its highest score and gives that score as a measurement with a short concept name
+and the unit ``{score}``: OHIF draws ``<concept>: <value> <unit code>`` beside the outline.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 from collections.abc import Sequence
 
@@ -13,6 +20,7 @@ from pydicom.sr.coding import Code
 from scipy import ndimage
 
 from dicom_node.encode.common import MANUFACTURER, ordered_and_checked, output_uid
+from dicom_node.encode.display import SCORE_UNIT, series_description, stamp_series
 from dicom_node.encode.labels import ScoreLabels
 
 logger = logging.getLogger(__name__)
@@ -83,13 +91,15 @@ def encode_sr(
     series_number: int = 902,
     max_findings: int = 20,
     labels: ScoreLabels | None = None,
+    created: _dt.datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR | None:
-    """TID 1500 measurement report: one finding per connected component.
+    """TID 1500 measurement report: one finding per lesion (3D connected component).
 
-    Each finding is a 2D ``SCOORD`` closed polyline (the component's bounding box on the
-    frame holding its highest score; OHIF draws 2D SCOORD on DBT, not SCOORD3D), finding
-    type Mass, and its highest score as a measurement named after the scoring rule
-    (:attr:`ScoreLabels.max_concept`).
+    Each finding is tracked as ``"lesion <n>, frames <first>-<last>"`` (1-based source frame
+    numbers), outlined by a 2D ``SCOORD`` closed polyline (the component's bounding box on
+    the frame holding its highest score; OHIF draws 2D SCOORD on DBT, not SCOORD3D), has
+    finding type Mass, and its highest score as a measurement named after the scoring rule
+    (:attr:`ScoreLabels.max_concept`) in :data:`~dicom_node.encode.display.SCORE_UNIT`.
 
     Parameters
     ----------
@@ -109,6 +119,8 @@ def encode_sr(
         At most this many findings, highest score first. Default 20.
     labels : ScoreLabels, optional
         What the scores are (rule, space, M, p, mode). Default: "not recorded".
+    created : datetime.datetime, optional
+        Series Date and Time; default now.
 
     Returns
     -------
@@ -131,10 +143,11 @@ def encode_sr(
         name=model_name, version=model_version,
         parameters=[f"{k}={v}" for k, v in labels.algorithm_parameters().items()])
     groups = []
-    for n, finding in enumerate(
-        findings(heat, threshold, max_findings=max_findings), start=1
-    ):
+    found = findings(heat, threshold, max_findings=max_findings)
+    for n, finding in enumerate(found, start=1):
         frame = finding["frame"]
+        first, last = (f + 1 for f in finding["frames"])
+        span = f"frame {first}" if first == last else f"frames {first}-{last}"
         r0, c0, r1, c1 = finding["box"]
         # Image coordinates: (column, row), pixel (0, 0) covers [0, 1) x [0, 1).
         outline = np.array(
@@ -159,7 +172,7 @@ def encode_sr(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=output_uid(output_uid_seed, "sr", "finding", str(n)),
-                    identifier=f"suspected lesion {n}",
+                    identifier=f"lesion {n}, {span}",
                 ),
                 referenced_region=region,
                 finding_type=codes.SCT.Mass,
@@ -169,7 +182,7 @@ def encode_sr(
                     hd.sr.Measurement(
                         name=labels.max_concept,
                         value=round(finding["max_score"], 6),
-                        unit=codes.UCUM.NoUnits,
+                        unit=SCORE_UNIT,
                         algorithm_id=algorithm,
                     )
                 ],
@@ -193,6 +206,8 @@ def encode_sr(
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=f"{model_name} findings",
+        series_description=series_description(
+            model_name, "findings", f"{len(groups)} lesion{'s' if len(groups) > 1 else ''}"),
     )
+    stamp_series(sr, created or _dt.datetime.now())
     return sr

@@ -14,8 +14,15 @@ ground-truth lesion mask that references the written source.
 Geometry (patient coordinate system, LPS): the rows of a frame run along the column
 direction cosine, the columns along the row direction cosine. For ``L`` the chest wall is
 column 0 and the row direction points anterior (towards the nipple); for ``R`` the image is
-mirrored (chest wall at the last column) and the row direction points posterior. Frames step
-along the normal (row × column direction) by the slice thickness.
+mirrored (chest wall at the last column) and the row direction points posterior. The column
+direction points to the other breast (medial), so the lateral side is at the top as
+mammograms are usually hung: Patient Orientation ``A\\R`` for a left CC, ``P\\L`` for a
+right CC, ``A\\FR`` / ``P\\FL`` for MLO. Frames step along the normal (row × column
+direction) by the slice thickness, or against it with ``frame_direction=-1``
+(:mod:`~dicom_node.standins.geometry`).
+
+Images carry window centre and width but no VOI LUT Function (optional; LINEAR is the
+default): OHIF 3.13 shows images that carry ``LINEAR`` black ("Invalid VOI LUT function").
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from pydicom.uid import (
     JPEG2000Lossless,
     generate_uid,
 )
+
+from dicom_node.encode.display import TRUTH_RGB, display_colour
+from dicom_node.standins.geometry import geometry, patient_orientation
 
 logger = logging.getLogger(__name__)
 
@@ -85,47 +95,6 @@ def _seq(**attributes: Any) -> DicomSequence:
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return _item(CodeValue=value, CodingSchemeDesignator=scheme, CodeMeaning=meaning)
-
-
-def geometry(
-    laterality: str, view: str, pixel_spacing_mm: float, slice_thickness_mm: float, frames: int
-) -> tuple[list[float], list[list[float]]]:
-    """Image orientation and per-frame image positions of a synthetic view.
-
-    Parameters
-    ----------
-    laterality : {"L", "R"}
-        Breast side.
-    view : {"CC", "MLO"}
-        Mammographic view.
-    pixel_spacing_mm : float
-        In-plane spacing (rows and columns), mm.
-    slice_thickness_mm : float
-        Distance between frames along the normal, mm.
-    frames : int
-        Number of frames.
-
-    Returns
-    -------
-    orientation : list of float
-        Image Orientation (Patient): row direction cosines, then column direction cosines.
-    positions : list of list of float
-        Image Position (Patient) of the first pixel of each frame, mm.
-    """
-    row_dir = np.array([0.0, -1.0, 0.0]) if laterality == "L" else np.array([0.0, 1.0, 0.0])
-    if view == "CC":
-        col_dir = np.array([1.0, 0.0, 0.0]) if laterality == "L" else np.array([-1.0, 0.0, 0.0])
-    else:  # MLO: oblique, 45 degrees between lateral and inferior
-        s = float(np.sqrt(0.5))
-        col_dir = np.array([s, 0.0, -s]) if laterality == "L" else np.array([-s, 0.0, -s])
-    normal = np.cross(row_dir, col_dir)
-    origin = np.array([0.0, 0.0, 0.0])
-    orientation = [round(float(v), 10) for v in (*row_dir, *col_dir)]
-    positions = [
-        [round(float(v), 6) for v in origin + k * slice_thickness_mm * normal]
-        for k in range(frames)
-    ]
-    return orientation, positions
 
 
 def _quantize(volume: np.ndarray, bits_stored: int) -> np.ndarray:
@@ -233,6 +202,7 @@ def write_bto(
     study_uid: str | None = None,
     bits_stored: int = 12,
     series_number: int = 1,
+    frame_direction: int = 1,
 ) -> list[Path]:
     """Write a synthetic tomosynthesis view as DICOM.
 
@@ -266,6 +236,10 @@ def write_bto(
         Bits Stored (8..16), default 12; values are ``round(v * (2**bits_stored - 1))``.
     series_number : int
         Series Number, default 1.
+    frame_direction : {1, -1}
+        Frame ``k + 1`` lies one slice thickness along the normal (row x column direction)
+        from frame ``k`` (default), or against it (``-1``: as some systems store a view;
+        also changes the series UIDs).
 
     Returns
     -------
@@ -275,18 +249,20 @@ def write_bto(
     Raises
     ------
     ValueError
-        On a wrong shape, dtype, laterality, view or transfer syntax.
+        On a wrong shape, dtype, laterality, view, transfer syntax or frame direction.
     """
     ts = UID(transfer_syntax)
     vol = _check_inputs(volume, laterality, view, ts, bits_stored)
     if pixel_spacing_mm <= 0 or slice_thickness_mm <= 0:
         raise ValueError(f"pixel_spacing_mm and slice_thickness_mm must be > 0, got "
                          f"{pixel_spacing_mm} and {slice_thickness_mm}")
+    if frame_direction not in (1, -1):
+        raise ValueError(f"frame_direction must be 1 or -1, got {frame_direction!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stored = _quantize(vol, bits_stored)
     study_uid = study_uid or _uid(seed, patient_id, "study")
-    kind = "slices" if per_slice else "bto"
+    kind = ("slices" if per_slice else "bto") + ("" if frame_direction == 1 else "-reversed")
     series_uid = _uid(seed, study_uid, laterality, view, kind, "series")
     for_uid = _uid(seed, study_uid, laterality, view, "frame-of-reference")
     now = _dt.datetime(2024, 1, 1, 12, 0, 0) + _dt.timedelta(seconds=seed % 86400)
@@ -295,6 +271,7 @@ def write_bto(
         slice_thickness_mm=float(slice_thickness_mm), seed=seed, patient_id=patient_id,
         patient_name=patient_name, study_uid=study_uid, series_uid=series_uid, for_uid=for_uid,
         bits_stored=bits_stored, series_number=series_number, now=now, transfer_syntax=ts,
+        frame_direction=frame_direction,
     )
     if per_slice:
         paths = []
@@ -347,6 +324,7 @@ class _Series:
     series_number: int
     now: _dt.datetime
     transfer_syntax: UID
+    frame_direction: int = 1
 
 
 def _instance_header(
@@ -414,15 +392,15 @@ def _bto(stored: np.ndarray, s: _Series) -> Dataset:
     ds.ContentTime = time
     ds.NumberOfFrames = frames
     orientation, positions = geometry(
-        s.laterality, s.view, s.pixel_spacing_mm, s.slice_thickness_mm, frames
+        s.laterality, s.view, s.pixel_spacing_mm, s.slice_thickness_mm, frames,
+        s.frame_direction,
     )
     center, width = _voi(stored, s.bits_stored)
     ds.SharedFunctionalGroupsSequence = _seq(
         PixelMeasuresSequence=_seq(PixelSpacing=[s.pixel_spacing_mm, s.pixel_spacing_mm],
                                    SliceThickness=s.slice_thickness_mm),
         PlaneOrientationSequence=_seq(ImageOrientationPatient=orientation),
-        FrameVOILUTSequence=_seq(WindowCenter=center, WindowWidth=width,
-                                 VOILUTFunction="LINEAR"),
+        FrameVOILUTSequence=_seq(WindowCenter=center, WindowWidth=width),
         FrameAnatomySequence=_seq(AnatomicRegionSequence=_anatomic_region(),
                                   FrameLaterality=s.laterality),
         PixelValueTransformationSequence=_seq(RescaleIntercept=0, RescaleSlope=1,
@@ -471,11 +449,12 @@ def _mg_slice(stored: np.ndarray, k: int, s: _Series) -> Dataset:
     ds.ContentTime = time
     ds.AcquisitionDateTime = s.now.strftime("%Y%m%d%H%M%S")
     orientation, positions = geometry(
-        s.laterality, s.view, s.pixel_spacing_mm, s.slice_thickness_mm, frames
+        s.laterality, s.view, s.pixel_spacing_mm, s.slice_thickness_mm, frames,
+        s.frame_direction,
     )
     # General Image / DX Image / Mammography Image
     ds.ImageType = ["DERIVED", "PRIMARY"]
-    ds.PatientOrientation = ["A", "F"] if s.laterality == "L" else ["P", "F"]
+    ds.PatientOrientation = patient_orientation(orientation)
     ds.ImageLaterality = s.laterality
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
@@ -511,7 +490,6 @@ def _mg_slice(stored: np.ndarray, k: int, s: _Series) -> Dataset:
     center, width = _voi(stored, s.bits_stored)
     ds.WindowCenter = center
     ds.WindowWidth = width
-    ds.VOILUTFunction = "LINEAR"
     _set_pixels(ds, stored[k : k + 1], s.transfer_syntax)
     return ds
 
@@ -529,7 +507,7 @@ def write_truth_seg(
     *,
     seed: int | str | None = None,
 ) -> Path:
-    """Write the ground-truth lesion mask as a binary DICOM SEG.
+    """Write the ground-truth lesion mask as a binary DICOM SEG (drawn green).
 
     Parameters
     ----------
@@ -571,6 +549,7 @@ def write_truth_seg(
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         tracking_uid=_uid(seed_text, "truth-seg", "tracking"),
         tracking_id="synthetic lesion",
+        display_color=display_colour(TRUTH_RGB),
     )
     series_uid = _uid(seed_text, "truth-seg", "series")
     seg = hd.seg.Segmentation(
@@ -590,6 +569,9 @@ def write_truth_seg(
         content_label="TRUTH",
         omit_empty_frames=bool(mask.any()),
     )
+    # Listed with the exam it belongs to (viewers sort SEG series by date and time).
+    seg.SeriesDate = first.get("SeriesDate") or first.get("StudyDate", "")
+    seg.SeriesTime = first.get("SeriesTime") or first.get("StudyTime", "")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{seg.SOPInstanceUID}.dcm"

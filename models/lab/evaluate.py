@@ -1,4 +1,4 @@
-"""Evaluation of PICARD heatmaps on exams with ground truth, and comparison of scoring rules.
+"""Evaluation of PICARD heatmaps on exams with ground truth, beside trivial baselines.
 
 :func:`evaluate_cases` reduces each heatmap volume and its truth (a
 :class:`models.lab.phantom.Phantom` or anything shaped like one) to a
@@ -6,9 +6,27 @@
 inside the breast, which :func:`models.lab.metrics.bootstrap_metrics` turns into figures with
 confidence intervals.
 
-:func:`compare_methods` runs one model over the same exams with the scoring variants of the
-PICARD paper (MCD with M = 10 and dropout, one deterministic completion, mean completion
-distance; image and critic-feature space) and tabulates the results.
+:func:`compare_methods` runs one model over the same exams with the scoring rules of the
+PICARD paper (minimum and mean completion distance over M dropout completions, in image and
+critic-feature space), one deterministic completion (M = 1, dropout off) and the trivial
+baselines of :mod:`models.lab.baselines` (raw intensity, difference of Gaussians), all
+measured the same way:
+
+* **Whole volumes** -- every slice of every volume is scored (the paper's exact procedure:
+  every tissue window of every slice, all M completions; no fast-mode shortcuts).
+  Completions are drawn once per window and every rule is computed from them
+  (:func:`method_heatmaps`), with windows of several slices batched together.
+* **Pixel level** -- AUROC and average precision over the pixels inside the breast.
+* **Lesion level** -- detections are local maxima of the heatmap volume (non-maximum
+  suppression 5 mm in plane and in depth, inside the breast); a detection is a true positive
+  by the DBTex rule (:func:`models.lab.metrics.match_dbtex`: in-plane distance to the
+  lesion centre at most ``max(diameter / 2, 10 mm)``, slice within the lesion's slice
+  extent); false positives per volume = false detections over all slices of all volumes /
+  number of volumes; sensitivity at 0.5, 1, 2 and 4 FP per volume.
+* **Uncertainty** -- 95 % percentile bootstrap over volumes, the same resamples for every
+  row, so differences between rows come with paired CIs: each PICARD rule minus each trivial
+  baseline (or minus the one that did best on a validation set, when one is given) and minus
+  the single completion in the same space.
 """
 
 from __future__ import annotations
@@ -17,15 +35,35 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from models.heatmap import HeatmapConfig, sliding_window_heatmap
-from models.lab.metrics import (FP_RATES, Case, bootstrap_indices, bootstrap_metrics, detect,
-                                flatten_pixels, match_candidates)
+from models.heatmap import (
+    HeatmapConfig,
+    SliceWindows,
+    centred_mask,
+    fill_unscored,
+    normalize_windows,
+    prepare_slice,
+    upsample_scores,
+)
+from models.lab.baselines import BASELINES, Baseline
+from models.lab.metrics import (
+    DBTEX_MIN_DISTANCE_MM,
+    FP_RATES,
+    HIT_RULES,
+    Case,
+    bootstrap_indices,
+    bootstrap_metrics,
+    detect,
+    flatten_pixels,
+    lesion_slice_extent,
+    match_candidates,
+    match_dbtex,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +73,7 @@ __all__ = [
     "evaluate_cases",
     "format_table",
     "method_heatmaps",
+    "method_specs",
 ]
 
 
@@ -53,14 +92,16 @@ class _VolumeLike(Protocol):
 
 
 def _make_case(heatmap: np.ndarray, truth: _VolumeLike, *, inside_breast: bool,
-               min_distance_mm: float) -> Case:
+               min_distance_mm: float, hit_rule: str,
+               min_distance_slices: int | None) -> Case:
     """Detections matched to the lesions and the counted pixels of one volume."""
     hm = np.asarray(heatmap, np.float32)
     if hm.shape != truth.lesion_mask.shape:
         raise ValueError(f"heatmap shape {hm.shape} differs from lesion_mask shape "
                          f"{truth.lesion_mask.shape}")
     region = np.broadcast_to(truth.breast_mask, hm.shape) if inside_breast else None
-    nms = max(1, int(round(min_distance_mm / truth.pixel_spacing_mm)))
+    nms = max(1, round(min_distance_mm / truth.pixel_spacing_mm))
+    nms_z = 1 if min_distance_slices is None else int(min_distance_slices)
     bm = truth.breast_mask if inside_breast else None
     positions = getattr(truth, "slice_positions", None)
     if positions is not None and np.any(np.diff(positions) != 1):
@@ -71,11 +112,23 @@ def _make_case(heatmap: np.ndarray, truth: _VolumeLike, *, inside_breast: bool,
         order = np.argsort(-scores, kind="stable")
         centers, scores = centers[order], scores[order]
     else:
-        centers, scores = detect(hm, min_distance_px=nms, breast_mask=bm)
-    cands = match_candidates(centers, scores, truth.lesions, lesion_mask=truth.lesion_mask,
-                             pixel_spacing_mm=truth.pixel_spacing_mm,
-                             slice_thickness_mm=truth.slice_thickness_mm,
-                             z_positions=getattr(truth, "slice_positions", None))
+        centers, scores = detect(hm, min_distance_px=nms, breast_mask=bm,
+                                 min_distance_slices=nms_z)
+    if hit_rule == "dbtex":
+        extents = [lesion_slice_extent(les, truth.lesion_mask,
+                                       pixel_spacing_mm=truth.pixel_spacing_mm,
+                                       slice_thickness_mm=truth.slice_thickness_mm,
+                                       z_positions=positions) for les in truth.lesions]
+        cands = match_dbtex(centers, scores, truth.lesions,
+                            pixel_spacing_mm=truth.pixel_spacing_mm, slice_extents=extents,
+                            z_positions=positions)
+    elif hit_rule == "mask_or_radius":
+        cands = match_candidates(centers, scores, truth.lesions, lesion_mask=truth.lesion_mask,
+                                 pixel_spacing_mm=truth.pixel_spacing_mm,
+                                 slice_thickness_mm=truth.slice_thickness_mm,
+                                 z_positions=positions)
+    else:
+        raise ValueError(f"hit_rule must be one of {HIT_RULES}, got {hit_rule!r}")
     s, y = flatten_pixels(hm, truth.lesion_mask, region)
     keep = np.isfinite(s)
     return Case(candidates=cands, pos_hist=np.zeros(0), neg_hist=np.zeros(0),
@@ -83,7 +136,9 @@ def _make_case(heatmap: np.ndarray, truth: _VolumeLike, *, inside_breast: bool,
 
 
 def evaluate_cases(heatmaps: Sequence[np.ndarray], truths: Sequence[_VolumeLike], *,
-                   inside_breast: bool = True, min_distance_mm: float = 5.0) -> list[Case]:
+                   inside_breast: bool = True, min_distance_mm: float = 5.0,
+                   hit_rule: str = "mask_or_radius",
+                   min_distance_slices: int | None = None) -> list[Case]:
     """Reduce heatmap/truth pairs to :class:`models.lab.metrics.Case` objects for the metrics.
 
     Parameters
@@ -96,7 +151,12 @@ def evaluate_cases(heatmaps: Sequence[np.ndarray], truths: Sequence[_VolumeLike]
     inside_breast : bool, default True
         Count only pixels and detections inside the breast.
     min_distance_mm : float, default 5
-        Non-maximum suppression distance for detections.
+        In-plane non-maximum suppression distance for detections.
+    hit_rule : {"mask_or_radius", "dbtex"}, default "mask_or_radius"
+        Lesion-level matching: :func:`models.lab.metrics.match_candidates` or
+        :func:`models.lab.metrics.match_dbtex` (:func:`compare_methods` uses ``dbtex``).
+    min_distance_slices : int, optional
+        Non-maximum suppression distance along ``z`` in slices (default 1).
 
     Returns
     -------
@@ -105,125 +165,117 @@ def evaluate_cases(heatmaps: Sequence[np.ndarray], truths: Sequence[_VolumeLike]
     """
     if len(heatmaps) != len(truths):
         raise ValueError(f"{len(heatmaps)} heatmaps for {len(truths)} truths")
-    return [_make_case(h, t, inside_breast=inside_breast, min_distance_mm=min_distance_mm)
+    if hit_rule not in HIT_RULES:
+        raise ValueError(f"hit_rule must be one of {HIT_RULES}, got {hit_rule!r}")
+    return [_make_case(h, t, inside_breast=inside_breast, min_distance_mm=min_distance_mm,
+                       hit_rule=hit_rule, min_distance_slices=min_distance_slices)
             for h, t in zip(heatmaps, truths)]
 
 
 # --------------------------------------------------------------------------------------------
-# method comparison
+# PICARD scoring rules from shared completions
 
 
+#: PICARD rows: name -> (sampling, reduction over the completions, space). ``mcd`` draws
+#: M completions with dropout on; ``single`` one completion with dropout off.
 METHODS: dict[str, tuple[str, str, str]] = {
-    # name: (sampling, reduce, space)
-    "MCD image (M=10)": ("mcd", "min", "image"),
-    "MCD feature (M=10)": ("mcd", "min", "feature"),
-    "MeanCD image (M=10)": ("mcd", "mean", "image"),
-    "MeanCD feature (M=10)": ("mcd", "mean", "feature"),
-    "single image (M=1, no dropout)": ("single", "min", "image"),
-    "single feature (M=1, no dropout)": ("single", "min", "feature"),
+    "MCD image": ("mcd", "min", "image"),
+    "MeanCD image": ("mcd", "mean", "image"),
+    "MCD feature": ("mcd", "min", "feature"),
+    "MeanCD feature": ("mcd", "mean", "feature"),
+    "single image": ("single", "single", "image"),
+    "single feature": ("single", "single", "feature"),
 }
 
 
-def compare_methods(model: Any, exams: Sequence[Any], *, m: int = 10, n_boot: int = 1000,
-                    seed: int = 0, slices: Callable[[Any], Sequence[int]] | None = None,
-                    inside_breast: bool = True, fp_rates: Sequence[float] = FP_RATES,
-                    progress: bool = False, print_table: bool = True,
-                    keep_heatmaps: bool = False) -> dict[str, Any]:
-    """Compare PICARD scoring variants on the same exams.
-
-    The completions are drawn once per window (``m`` with dropout, one without) and every
-    variant is scored from them, so differences come from the scoring rule alone.
+def method_specs(model: Any, m: int) -> dict[str, dict[str, Any]]:
+    """What each :data:`METHODS` row computes with ``model`` and ``m`` completions.
 
     Parameters
     ----------
     model : models.picard.Picard
-        A loaded model (its card gives window, hole, stride and pixel spacing).
-    exams : sequence
-        Phantom-like objects (``volume``, ``lesion_mask``, ``lesions``, ``breast_mask``,
-        ``pixel_spacing_mm``, ``slice_thickness_mm``) at the model's pixel spacing.
-    m : int, default 10
-        Completions per window for the dropout variants.
-    n_boot, seed : int
-        Bootstrap resamples and seed (shared by all methods: paired comparisons).
-    slices : callable, optional
-        ``exam -> slice indices`` to score (default: all); unscored slices are ignored.
-    inside_breast : bool, default True
-        Count only pixels and detections inside the breast.
-    fp_rates : sequence of float
-        Operating points for lesion sensitivity.
-    progress : bool, default False
-        Show a tqdm progress bar.
-    print_table : bool, default True
-        Print the table to stdout.
-    keep_heatmaps : bool, default False
-        Add ``heatmaps`` (``{method: [per-exam (n_slices, H, W) arrays]}``, not JSON-able)
-        and ``slices`` (scored slice indices per exam) to the result.
+        Its card gives dropout p, window, hole, stride and pixel spacing.
+    m : int
+        Completions per window of the dropout rules.
 
     Returns
     -------
     dict
-        JSON-able: ``methods`` (metric -> value/lo/hi per method), ``paired`` (bootstrap CI of
-        MCD minus single completion for each metric and space), ``table`` (text), ``settings``.
+        ``{name: spec}``; each spec has ``label`` (one line for tables), ``kind``,
+        ``rule`` (``min``/``mean``/``single``), ``space``, ``M``, ``p``, ``dropout``,
+        ``mode`` (``exact``) and the window geometry.
     """
-    exams = list(exams)
-    if not exams:
-        raise ValueError("no exams to compare on")
-    t0 = time.time()
-    per_method: dict[str, list[np.ndarray]] = {k: [] for k in METHODS}
-    truths: list[Any] = []
-    iterator: Iterable[Any] = exams
-    if progress:
-        from tqdm import tqdm
+    card = model.card
+    p = float(card["dropout"]["p"])
+    geometry = {"window_px": int(card["window"]), "hole_px": int(card["hole"]),
+                "stride_px": int(card["stride"]),
+                "pixel_spacing_mm": float(card["pixel_spacing_mm"]),
+                "intensity": card["intensity"]["mode"],
+                "min_tissue_fraction": float(card["min_tissue_fraction"])}
+    specs: dict[str, dict[str, Any]] = {}
+    for name, (sampling, reduce, space) in METHODS.items():
+        if sampling == "mcd":
+            label = f"{name}: {reduce} of M={m}, p={p:g}, exact"
+            spec = {"kind": "PICARD rule", "rule": reduce, "space": space, "M": int(m), "p": p,
+                    "dropout": True}
+        else:
+            label = f"{name}: M=1, dropout off, exact"
+            spec = {"kind": "PICARD network baseline", "rule": "single", "space": space, "M": 1,
+                    "p": 0.0, "dropout": False}
+        specs[name] = {"label": label, **spec, "mode": "exact", "slice_step": 1, **geometry}
+    return specs
 
-        iterator = tqdm(exams, desc="compare", unit="exam")
-    for exam in iterator:
-        idx = list(range(exam.volume.shape[0])) if slices is None else list(slices(exam))
-        maps = method_heatmaps(model, exam.volume, idx, m=m, seed=seed)
-        for k in METHODS:
-            per_method[k].append(maps[k])
-        truths.append(_SliceView(exam, idx))
-    indices = bootstrap_indices(len(exams), n_boot, seed)
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    samples: dict[str, dict[str, np.ndarray]] = {}
-    for k in METHODS:
-        cases = evaluate_cases(per_method[k], truths, inside_breast=inside_breast)
-        r = bootstrap_metrics(cases, n_boot=n_boot, seed=seed, fp_rates=fp_rates, indices=indices)
-        samples[k] = r.pop("_samples")  # type: ignore[arg-type]
-        results[k] = r
-    paired: dict[str, dict[str, dict[str, float]]] = {}
-    for space in ("image", "feature"):
-        a, b = f"MCD {space} (M=10)", f"single {space} (M=1, no dropout)"
-        name = f"MCD - single ({space})"
-        paired[name] = {}
-        for metric in results[a]:
-            d = samples[a][metric] - samples[b][metric]
-            d = d[np.isfinite(d)]
-            lo, hi = (np.quantile(d, [0.025, 0.975]) if d.size else (np.nan, np.nan))
-            paired[name][metric] = {
-                "value": results[a][metric]["value"] - results[b][metric]["value"],
-                "lo": float(lo), "hi": float(hi)}
-    table = format_table(results, paired)
-    if print_table:
-        print(table)
-    out = {
-        "methods": results,
-        "paired": paired,
-        "table": table,
-        "settings": {"m": m, "n_boot": n_boot, "seed": seed, "n_exams": len(exams),
-                     "n_lesions": int(sum(len(t.lesions) for t in truths)),
-                     "inside_breast": inside_breast, "fp_rates": list(fp_rates),
-                     "seconds": round(time.time() - t0, 1)},
-    }
-    json.dumps(out, allow_nan=True)  # fail here, not in the caller, if something is not JSON-able
-    if keep_heatmaps:
-        out["heatmaps"] = per_method
-        out["slices"] = [t.slice_positions.tolist() for t in truths]
+
+def _heatmap_config(card: dict[str, Any]) -> HeatmapConfig:
+    return HeatmapConfig(window=card["window"], hole=card["hole"], stride=card["stride"],
+                         batch_size=card["batch_size"], tissue_level=card["tissue_level"],
+                         min_tissue_fraction=card["min_tissue_fraction"],
+                         intensity=card["intensity"]["mode"])
+
+
+def _window_scores(model: Any, x: torch.Tensor, mask: torch.Tensor, m: int,
+                   box: tuple[int, int, int, int], names: Sequence[str]
+                   ) -> dict[str, np.ndarray]:
+    """Scores of the rules ``names`` for windows ``x`` from one set of completions."""
+    y0, y1, x0, x1 = box
+    needed = {METHODS[n][0] for n in names}
+    comps: dict[str, torch.Tensor] = {}
+    if "mcd" in needed:
+        comps["mcd"] = model.complete(x, mask, m, True)
+    if "single" in needed:
+        comps["single"] = model.complete(x, mask, 1, False)
+    spaces = {METHODS[n][2] for n in names}
+    real_feat = model.critic_features(x[:, :, y0:y1, x0:x1]) if "feature" in spaces else None
+    dists: dict[tuple[str, str], torch.Tensor] = {}
+    with torch.inference_mode():
+        for sampling, c in comps.items():
+            n, mm = c.shape[:2]
+            if "image" in spaces:
+                diff = (c - x.unsqueeze(1)) * mask.unsqueeze(1)
+                dists[(sampling, "image")] = diff.flatten(2).norm(dim=2)
+            if real_feat is not None:
+                feats = model.critic_features(c.flatten(0, 1)[:, :, y0:y1, x0:x1]).view(n, mm, -1)
+                dists[(sampling, "feature")] = (feats - real_feat.unsqueeze(1)).norm(dim=2)
+        out = {}
+        for name in names:
+            sampling, reduce, space = METHODS[name]
+            d = dists[(sampling, space)]
+            score = d.mean(dim=1) if reduce == "mean" else d.min(dim=1).values
+            out[name] = score.float().cpu().numpy()
     return out
 
 
-def method_heatmaps(model: Any, volume: np.ndarray, slice_idx: Sequence[int], *, m: int = 10,
-                    seed: int = 0) -> dict[str, np.ndarray]:
-    """Heatmaps of every :data:`METHODS` variant for some slices, from shared completions.
+def method_heatmaps(model: Any, volume: np.ndarray, slice_idx: Sequence[int] | None = None, *,
+                    m: int = 10, seed: int = 0, methods: Sequence[str] | None = None,
+                    mask_air: bool = True) -> dict[str, np.ndarray]:
+    """Heatmaps of the :data:`METHODS` rules for some slices, from shared completions.
+
+    Every tissue window of every slice is completed ``m`` times with dropout (and once
+    without) and each rule is computed from these completions, so rules differ by the
+    scoring alone. Windows of consecutive slices are batched together
+    (``card["batch_size"]`` windows per forward pass, whatever slice they come from); a
+    slice's heatmap is finished (nearest-fill of air windows, bicubic upsampling, air set
+    to 0) as soon as its last window is scored, so only a few slices are held at a time.
 
     Parameters
     ----------
@@ -231,109 +283,393 @@ def method_heatmaps(model: Any, volume: np.ndarray, slice_idx: Sequence[int], *,
         Scores windows with its card's window, hole, stride and tissue settings.
     volume : numpy.ndarray
         ``(Z, H, W)`` in ``[0, 1]`` at the model's pixel spacing.
-    slice_idx : sequence of int
-        Slices to score.
+    slice_idx : sequence of int, optional
+        Slices to score (default: all).
     m : int, default 10
         Dropout completions per window.
     seed : int, default 0
-        Seeds the dropout draws (per slice ``seed + index``).
+        Seeds the dropout draws (once per call; the draws follow the batch order).
+    methods : sequence of str, optional
+        Rules to compute (default: all of :data:`METHODS`).
+    mask_air : bool, default True
+        Set air pixels (``<= card["tissue_level"]``) to 0, as
+        :meth:`models.picard.Picard.heatmap` does.
 
     Returns
     -------
     dict
         ``{method: (len(slice_idx), H, W) float32}``.
     """
-    card = model.card
-    config = HeatmapConfig(window=card["window"], hole=card["hole"], stride=card["stride"],
-                           batch_size=card["batch_size"], tissue_level=card["tissue_level"],
-                           min_tissue_fraction=card["min_tissue_fraction"],
-                           intensity=card["intensity"]["mode"])
-    names = list(METHODS)
-    out = {k: np.zeros((len(slice_idx),) + volume.shape[1:], np.float32) for k in names}
-    for n_slice, z in enumerate(slice_idx):
-        image = np.clip(np.asarray(volume[z], np.float32), 0.0, 1.0)
-        recorded: list[dict[str, torch.Tensor]] = []
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"volume must be (Z, H, W), got shape {vol.shape}")
+    names = list(METHODS) if methods is None else list(methods)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {list(METHODS)}")
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m!r}")
+    idx = list(range(vol.shape[0])) if slice_idx is None else [int(z) for z in slice_idx]
+    config = _heatmap_config(model.card)
+    device = model.device
+    h, w = vol.shape[1:]
+    out = {n: np.zeros((len(idx), h, w), np.float32) for n in names}
+    mask = centred_mask(config.window, config.hole, device=device)
+    a = (config.window - config.hole) // 2
+    box = (a, a + config.hole, a, a + config.hole)
 
-        def scorer(windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            x = windows.to(model.device)
-            mk = mask.to(model.device)
-            hole = mk.amax(dim=(0, 1)) > 0
-            rows = torch.nonzero(hole.any(dim=1)).flatten()
-            cols = torch.nonzero(hole.any(dim=0)).flatten()
-            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-            comps = {"mcd": model.complete(x, mk, m, True),
-                     "single": model.complete(x, mk, 1, False)}
-            real_feat = model.critic_features(x[:, :, y0:y1, x0:x1])
-            dists: dict[tuple[str, str], torch.Tensor] = {}
-            for sampling, c in comps.items():
-                n, mm = c.shape[:2]
-                dists[(sampling, "image")] = ((c - x.unsqueeze(1)) * mk.unsqueeze(1)).flatten(2).norm(dim=2)
-                feats = model.critic_features(c.flatten(0, 1)[:, :, y0:y1, x0:x1]).view(n, mm, -1)
-                dists[(sampling, "feature")] = (feats - real_feat.unsqueeze(1)).norm(dim=2)
-            scores = {}
-            for name, (sampling, reduce, space) in METHODS.items():
-                d = dists[(sampling, space)]
-                scores[name] = d.min(dim=1).values if reduce == "min" else d.mean(dim=1)
-            recorded.append(scores)
-            return scores[names[0]]
+    live: dict[int, tuple[SliceWindows, dict[str, np.ndarray], int]] = {}
+    pending: list[tuple[int, int, int]] = []  # (position in idx, grid row, grid col)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + int(z))
-            out[names[0]][n_slice] = sliding_window_heatmap(image, scorer, config,
-                                                            device=model.device)
-        for name in names[1:]:
-            replay = iter(recorded)
-            out[name][n_slice] = sliding_window_heatmap(
-                image, lambda w, mk, _n=name: next(replay)[_n], config, device=model.device)
+    def finish(k: int) -> None:
+        sw, grids, _ = live.pop(k)
+        ph, pw = sw.padded.shape
+        scored = sw.fraction >= config.min_tissue_fraction
+        air = np.asarray(vol[idx[k]]) <= config.tissue_level
+        for n in names:
+            heat = upsample_scores(fill_unscored(grids[n], scored), (ph, pw),
+                                   window=config.window, stride=config.stride)[:h, :w]
+            if mask_air:
+                heat = np.where(air, np.float32(0.0), heat)
+            out[n][k] = heat
+
+    def run(batch: list[tuple[int, int, int]]) -> None:
+        windows = torch.cat([live[k][0].windows(np.array([[i, j]]), config.window)
+                             for k, i, j in batch])
+        x = normalize_windows(windows, config.intensity).to(device)
+        scores = _window_scores(model, x, mask, m, box, names)
+        for b, (k, i, j) in enumerate(batch):
+            sw, grids, left = live[k]
+            for n in names:
+                grids[n][i, j] = scores[n][b]
+            live[k] = (sw, grids, left - 1)
+
+    def drain(final: bool) -> None:
+        while len(pending) >= config.batch_size or (final and pending):
+            batch = pending[:config.batch_size]
+            del pending[:config.batch_size]
+            run(batch)
+            for k in [k for k, (_, _, left) in live.items() if left == 0]:
+                finish(k)
+
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for k, z in enumerate(idx):
+            image = np.clip(np.asarray(vol[z], np.float32), 0.0, 1.0)
+            sw = prepare_slice(image, config, device=device)
+            todo = np.argwhere(sw.fraction >= config.min_tissue_fraction)
+            grids = {n: np.zeros(sw.fraction.shape, np.float32) for n in names}
+            live[k] = (sw, grids, len(todo))
+            if len(todo) == 0:
+                finish(k)
+                continue
+            pending.extend((k, int(i), int(j)) for i, j in todo)
+            drain(final=False)
+        drain(final=True)
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# method comparison
+
+
+def _selection_score(r: Mapping[str, Mapping[str, float]], fp_rates: Sequence[float]) -> float:
+    """Validation criterion: pixel AUROC + mean lesion sensitivity over ``fp_rates``."""
+    sens = [r[f"sens@{f:g}fp"]["value"] for f in fp_rates]
+    return float(r["pixel_auroc"]["value"] + np.nanmean(sens))
+
+
+def _choose_baseline(validation: Sequence[Any], baselines: Mapping[str, Baseline], *,
+                     tissue_level: float, inside_breast: bool, fp_rates: Sequence[float],
+                     eval_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The trivial baseline with the best selection score on the validation exams."""
+    scores: dict[str, dict[str, float]] = {}
+    for name, b in baselines.items():
+        heat = [b(e.volume, pixel_spacing_mm=e.pixel_spacing_mm, tissue_level=tissue_level)
+                for e in validation]
+        cases = evaluate_cases(heat, validation, inside_breast=inside_breast, **eval_kwargs)
+        r = bootstrap_metrics(cases, n_boot=0, fp_rates=fp_rates)
+        r.pop("_samples")
+        scores[name] = {**{k: v["value"] for k, v in r.items()},
+                        "selection_score": _selection_score(r, fp_rates)}
+    best = max(scores, key=lambda n: scores[n]["selection_score"])
+    return {"best_baseline": best, "n_exams": len(validation),
+            "criterion": "pixel AUROC + mean lesion sensitivity at the FP rates",
+            "scores": scores}
+
+
+def _paired(results: dict[str, dict[str, dict[str, float]]],
+            samples: dict[str, dict[str, np.ndarray]], a: str, b: str,
+            alpha: float = 0.05) -> dict[str, dict[str, float]]:
+    """Point difference ``a - b`` and its percentile CI from the shared bootstrap resamples."""
+    out: dict[str, dict[str, float]] = {}
+    for metric in results[a]:
+        d = samples[a][metric] - samples[b][metric]
+        d = d[np.isfinite(d)]
+        lo, hi = (np.quantile(d, [alpha / 2, 1 - alpha / 2]) if d.size
+                  else (float("nan"), float("nan")))
+        out[metric] = {"value": results[a][metric]["value"] - results[b][metric]["value"],
+                       "lo": float(lo), "hi": float(hi)}
+    return out
+
+
+def compare_methods(model: Any, exams: Sequence[Any], *, m: int = 10, n_boot: int = 1000,
+                    seed: int = 0, slices: Callable[[Any], Sequence[int]] | None = None,
+                    inside_breast: bool = True, fp_rates: Sequence[float] = FP_RATES,
+                    validation: Sequence[Any] | None = None,
+                    baselines: Mapping[str, Baseline] | None = None,
+                    hit_rule: str = "dbtex", min_distance_mm: float = 5.0,
+                    progress: bool = False, print_table: bool = True,
+                    keep_heatmaps: bool = False) -> dict[str, Any]:
+    """Every PICARD rule beside trivial baselines, on whole volumes, with paired CIs.
+
+    Rows: the trivial baselines (:data:`models.lab.baselines.BASELINES`: raw intensity,
+    difference of Gaussians), one deterministic completion (M = 1, dropout off) in image and
+    feature space, and the dropout rules (min = MCD and mean = MeanCD of ``m`` completions,
+    image and feature space; :func:`method_specs`). The completions are drawn once per
+    window and every rule is scored from them (:func:`method_heatmaps`).
+
+    Parameters
+    ----------
+    model : models.picard.Picard
+        A loaded model (its card gives window, hole, stride, dropout p and pixel spacing).
+    exams : sequence
+        Phantom-like objects (``volume``, ``lesion_mask``, ``lesions``, ``breast_mask``,
+        ``pixel_spacing_mm``, ``slice_thickness_mm``) at the model's pixel spacing.
+    m : int, default 10
+        Completions per window for the dropout rules.
+    n_boot, seed : int
+        Bootstrap resamples and seed (shared by all rows: paired comparisons); ``seed`` also
+        seeds the dropout draws.
+    slices : callable, optional
+        ``exam -> slice indices`` to score; default: every slice (whole volumes). With a
+        subset, "per volume" means per scored-slice stack and lesions none of whose slices
+        are scored are left out.
+    inside_breast : bool, default True
+        Count only pixels and detections inside the breast.
+    fp_rates : sequence of float
+        Operating points (false positives per volume) for lesion sensitivity.
+    validation : sequence, optional
+        Phantom-like exams (not the test exams) on which the best trivial baseline is chosen
+        (pixel AUROC + mean sensitivity at ``fp_rates``); the paired rows then compare each
+        PICARD rule with that baseline only. Without it, with each baseline.
+    baselines : mapping, optional
+        ``{name: Baseline}``; default :data:`models.lab.baselines.BASELINES`.
+    hit_rule : {"dbtex", "mask_or_radius"}, default "dbtex"
+        Lesion-level matching (:func:`evaluate_cases`).
+    min_distance_mm : float, default 5
+        Non-maximum suppression distance of detections, in plane and along ``z``.
+    progress : bool, default False
+        Show a tqdm progress bar.
+    print_table : bool, default True
+        Print the table to stdout.
+    keep_heatmaps : bool, default False
+        Add ``heatmaps`` (``{row: [per-exam (n_slices, H, W) arrays]}``, not JSON-able) and
+        ``slices`` (scored slice indices per exam) to the result.
+
+    Returns
+    -------
+    dict
+        JSON-able: ``methods`` (``{row: {metric: {value, lo, hi}}}``), ``specs`` (what each
+        row computed: rule, space, M, p, mode; baseline parameters), ``paired`` (bootstrap
+        CIs of differences), ``validation`` (baseline choice, or None), ``table`` (text) and
+        ``settings`` (protocol).
+    """
+    exams = list(exams)
+    if not exams:
+        raise ValueError("no exams to compare on")
+    if hit_rule not in HIT_RULES:
+        raise ValueError(f"hit_rule must be one of {HIT_RULES}, got {hit_rule!r}")
+    chosen_baselines = dict(BASELINES if baselines is None else baselines)
+    t0 = time.time()
+    card = model.card
+    tissue_level = float(card["tissue_level"])
+    pspecs = method_specs(model, m)
+    specs: dict[str, dict[str, Any]] = {}
+    for name, b in chosen_baselines.items():
+        specs[name] = b.spec(tissue_level=tissue_level)
+    rows = [n for n in METHODS if METHODS[n][0] == "single"] + \
+           [n for n in METHODS if METHODS[n][0] == "mcd"]
+    for name in rows:
+        specs[name] = pspecs[name]
+    eval_kwargs: dict[str, Any] = {"min_distance_mm": min_distance_mm, "hit_rule": hit_rule}
+
+    val_report = None
+    if validation:  # chosen before any test volume is scored; validation volumes are whole
+        val = list(validation)
+        nms_z = max(1, round(min_distance_mm / float(val[0].slice_thickness_mm)))
+        val_report = _choose_baseline(val, chosen_baselines, tissue_level=tissue_level,
+                                      inside_breast=inside_breast, fp_rates=fp_rates,
+                                      eval_kwargs={**eval_kwargs,
+                                                   "min_distance_slices": nms_z})
+        logger.info("best trivial baseline on %d validation volumes: %s", len(val),
+                    val_report["best_baseline"])
+
+    cases: dict[str, list[Case]] = {k: [] for k in specs}
+    kept: dict[str, list[np.ndarray]] = {k: [] for k in specs}
+    truths: list[_SliceView] = []
+    n_slices = 0
+    iterator: Iterable[Any] = exams
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(exams, desc="compare", unit="volume")
+    for exam in iterator:
+        t_exam = time.time()
+        z_all = exam.volume.shape[0]
+        idx = list(range(z_all)) if slices is None else [int(z) for z in slices(exam)]
+        truth = _SliceView(exam, idx)
+        truths.append(truth)
+        n_slices += len(idx)
+        nms_z = max(1, round(min_distance_mm / float(exam.slice_thickness_mm)))
+        maps = method_heatmaps(model, exam.volume, idx, m=m, seed=seed)
+        for name, b in chosen_baselines.items():
+            maps[name] = b(exam.volume, pixel_spacing_mm=exam.pixel_spacing_mm,
+                           tissue_level=tissue_level)[idx]
+        for name in specs:
+            cases[name].append(_make_case(maps[name], truth, inside_breast=inside_breast,
+                                          min_distance_slices=nms_z, **eval_kwargs))
+            if keep_heatmaps:
+                kept[name].append(maps[name])
+        logger.info("volume %d/%d: %d slices in %.1f s", len(truths), len(exams), len(idx),
+                    time.time() - t_exam)
+
+    indices = bootstrap_indices(len(exams), n_boot, seed)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    samples: dict[str, dict[str, np.ndarray]] = {}
+    for name in specs:
+        r = bootstrap_metrics(cases[name], n_boot=n_boot, seed=seed, fp_rates=fp_rates,
+                              indices=indices)
+        samples[name] = r.pop("_samples")  # type: ignore[assignment]
+        results[name] = r
+    paired: dict[str, dict[str, dict[str, float]]] = {}
+    versus = ([val_report["best_baseline"]] if val_report is not None
+              else list(chosen_baselines))
+    for name in rows:
+        sampling, _, space = METHODS[name]
+        if sampling != "mcd":
+            continue
+        for other in versus + [f"single {space}"]:
+            paired[f"{name} - {other}"] = _paired(results, samples, name, other)
+
+    labels = {k: v["label"] for k, v in specs.items()}
+    scope = (f"whole volumes, {n_slices} slices" if slices is None
+             else f"{n_slices} selected slices")
+    caption = [
+        (f"{len(exams)} volumes ({scope}); pixel metrics inside the breast; lesions: "
+         f"{_hit_rule_text(hit_rule)}; detections: local maxima, {min_distance_mm:g} mm "
+         f"suppression; FP per volume over all scored slices; 95 % bootstrap CIs over volumes "
+         f"(n={n_boot}, shared resamples)."),
+    ]
+    if val_report is not None:
+        caption.append(f"Best trivial baseline on {val_report['n_exams']} validation volumes: "
+                       f"{val_report['best_baseline']} ({val_report['criterion']}).")
+    table = format_table(results, paired, labels=labels) + "\n\n" + "\n".join(caption)
+    if print_table:
+        print(table)
+    settings = {
+        "m": m, "p": float(card["dropout"]["p"]), "mode": "exact", "n_boot": n_boot,
+        "seed": seed, "n_exams": len(exams), "n_slices_scored": n_slices,
+        "whole_volumes": slices is None,
+        "n_lesions": int(sum(len(t.lesions) for t in truths)),
+        "inside_breast": inside_breast, "fp_rates": list(fp_rates),
+        "hit_rule": hit_rule,
+        "hit_rule_text": _hit_rule_text(hit_rule),
+        "nms_mm": min_distance_mm,
+        "fp_per_volume": "false detections over all scored slices of all volumes / volumes",
+        "paired": ("row minus the validation-chosen trivial baseline and minus the single "
+                   "completion in the same space" if val_report is not None else
+                   "row minus each trivial baseline and minus the single completion in the "
+                   "same space") + "; percentile bootstrap over volumes, shared resamples",
+        "seconds": round(time.time() - t0, 1),
+    }
+    out: dict[str, Any] = {"methods": results, "specs": specs, "paired": paired,
+                           "validation": val_report, "table": table, "settings": settings}
+    json.dumps(out, allow_nan=True)  # fail here, not in the caller, if something is not JSON-able
+    if keep_heatmaps:
+        out["heatmaps"] = kept
+        out["slices"] = [t.slice_positions.tolist() for t in truths]
+    return out
+
+
+def _hit_rule_text(hit_rule: str) -> str:
+    if hit_rule == "dbtex":
+        return (f"DBTex-like: in-plane distance from detection to lesion centre <= "
+                f"max(diameter/2, {DBTEX_MIN_DISTANCE_MM:g} mm) and detection slice within "
+                "the lesion's slice extent (its mask component)")
+    return ("inside the lesion mask, or within max(radius, 2.5 mm) in plane and radius + 2 "
+            "slices in z")
+
+
 class _SliceView:
-    """A phantom restricted to some slices.
+    """A phantom restricted to some slices (all of them for a whole volume).
 
     ``lesion_mask`` holds the scored slices only; lesion centres stay in the volume's slice
-    coordinates and ``slice_positions`` maps heatmap slices to them. Lesions whose mask
-    touches none of the scored slices are left out (they cannot be found).
+    coordinates and ``slice_positions`` maps heatmap slices to them. Each lesion gets its
+    ``slice_extent`` from the full mask (:func:`models.lab.metrics.lesion_slice_extent`);
+    lesions none of whose slices are scored are left out (they cannot be found).
     """
 
     def __init__(self, exam: Any, idx: Sequence[int]) -> None:
-        idx = list(idx)
+        idx = [int(z) for z in idx]
         full_mask = np.asarray(exam.lesion_mask)
-        self.lesion_mask = full_mask[idx]
+        self.lesion_mask = full_mask if idx == list(range(full_mask.shape[0])) else full_mask[idx]
         self.breast_mask = exam.breast_mask
         self.pixel_spacing_mm = float(exam.pixel_spacing_mm)
         self.slice_thickness_mm = float(exam.slice_thickness_mm)
         self.slice_positions = np.asarray(idx, dtype=int)
         lesions = []
         for les in exam.lesions:
-            z, y, x = (int(round(float(c))) for c in les["center_zyx"])
-            # the lesion's own mask component: slices where the mask exists at its centre column
-            z_span = np.flatnonzero(full_mask[:, min(max(y, 0), full_mask.shape[1] - 1),
-                                              min(max(x, 0), full_mask.shape[2] - 1)])
-            if z_span.size and not np.isin(z_span, self.slice_positions).any():
+            lo, hi = lesion_slice_extent(les, full_mask, pixel_spacing_mm=self.pixel_spacing_mm,
+                                         slice_thickness_mm=self.slice_thickness_mm)
+            if not np.any((self.slice_positions >= lo) & (self.slice_positions <= hi)):
                 continue
-            lesions.append(dict(les))
+            lesions.append({**les, "slice_extent": (lo, hi)})
         self.lesions = lesions
 
 
+def _cell(v: Mapping[str, float], signed: bool = False) -> str:
+    if not math.isfinite(v["value"]):
+        return "n/a"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    if not (math.isfinite(v["lo"]) and math.isfinite(v["hi"])):
+        return f.format(v["value"])
+    return f"{f.format(v['value'])} [{f.format(v['lo'])}, {f.format(v['hi'])}]"
+
+
 def format_table(results: dict[str, dict[str, dict[str, float]]],
-                 paired: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
-    """Render method results (``{method: {metric: {value, lo, hi}}}``) as a Markdown table."""
+                 paired: dict[str, dict[str, dict[str, float]]] | None = None, *,
+                 labels: Mapping[str, str] | None = None) -> str:
+    """Render results as Markdown tables: one row per method, then the paired differences.
+
+    Parameters
+    ----------
+    results : dict
+        ``{row: {metric: {value, lo, hi}}}``.
+    paired : dict, optional
+        ``{"a - b": {metric: {value, lo, hi}}}``; a second table.
+    labels : mapping, optional
+        ``{row: text}`` shown instead of the row name (e.g. the ``label`` of the specs).
+
+    Returns
+    -------
+    str
+        Markdown; each cell ``value [lo, hi]`` (95 % CI).
+    """
     if not results:
         return ""
+    labels = labels or {}
     metrics = [k for k in next(iter(results.values())) if not k.startswith("_")]
-
-    def cell(v: dict[str, float]) -> str:
-        if not math.isfinite(v["value"]):
-            return "n/a"
-        return f"{v['value']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]"
-
     lines = ["| method | " + " | ".join(metrics) + " |",
              "|---|" + "---|" * len(metrics)]
     for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(cell(r[k]) for k in metrics) + " |")
-    for name, r in (paired or {}).items():
-        lines.append(f"| {name} (paired diff) | " + " | ".join(
-            f"{r[k]['value']:+.3f} [{r[k]['lo']:+.3f}, {r[k]['hi']:+.3f}]"
-            if math.isfinite(r[k]["value"]) else "n/a" for k in metrics) + " |")
+        lines.append(f"| {labels.get(name, name)} | "
+                     + " | ".join(_cell(r[k]) for k in metrics) + " |")
+    if paired:
+        lines += ["", "| paired difference (same volumes) | " + " | ".join(metrics) + " |",
+                  "|---|" + "---|" * len(metrics)]
+        for name, r in paired.items():
+            lines.append(f"| {name} | " + " | ".join(_cell(r[k], signed=True) for k in metrics)
+                         + " |")
     return "\n".join(lines)

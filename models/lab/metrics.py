@@ -2,11 +2,20 @@
 
 * **Pixel level** -- area under the ROC curve (rank based, Mann-Whitney U with tied scores
   sharing their average rank) and average precision, optionally restricted to the breast.
-* **Lesion level** (DBTex style) -- detections are the local maxima of a heatmap volume; a
-  detection is a true positive when its centre lies inside a lesion's mask or within the
-  lesion's radius (in plane) and ``z`` extent of the lesion centre. Several detections on one
-  lesion count once and are not false positives. Sweeping the score threshold gives an FROC
-  curve; we report the sensitivity at 0.5, 1, 2 and 4 false positives per volume.
+* **Lesion level** -- detections are the local maxima of a heatmap volume. Two hit rules:
+
+  - :func:`match_dbtex` (the DBTex challenge's rule, in millimetres): a detection hits a
+    lesion when the in-plane distance between its centre and the lesion's centre is at most
+    ``max(diameter / 2, 10 mm)`` -- DBTex allows half the ground-truth box's size or 100
+    pixels at its ~0.1 mm pixels, whichever is larger -- and its slice lies within the
+    lesion's slice extent (:func:`lesion_slice_extent`: the slices its mask spans).
+  - :func:`match_candidates` (stricter, older): inside the lesion's mask, or within the
+    lesion's radius (at least 2.5 mm) in plane and its radius plus 2 slices in ``z``.
+
+  Several detections on one lesion count once and are not false positives. Sweeping the
+  score threshold gives an FROC curve; false positives per volume are all false detections
+  of all volumes (every slice of each) divided by the number of volumes. We report the
+  sensitivity at 0.5, 1, 2 and 4 false positives per volume.
 * **Uncertainty** -- bootstrap confidence intervals over volumes (seeded, 1000 resamples by
   default); the pixel metrics use per-volume histograms on shared bins inside the bootstrap.
 
@@ -17,6 +26,7 @@ The bootstrap works on :class:`Case` objects, one per volume, which
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,9 +36,11 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DBTEX_MIN_DISTANCE_MM",
+    "FP_RATES",
+    "HIT_RULES",
     "Candidates",
     "Case",
-    "FP_RATES",
     "auroc",
     "average_precision",
     "bootstrap_indices",
@@ -36,12 +48,21 @@ __all__ = [
     "detect",
     "flatten_pixels",
     "froc",
+    "lesion_slice_extent",
     "match_candidates",
+    "match_dbtex",
     "sensitivity_at",
     "threshold_for_fp_rate",
 ]
 
 FP_RATES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+
+#: Smallest hit distance of :func:`match_dbtex`, mm: DBTex's 100 px at its ~0.1 mm pixels.
+DBTEX_MIN_DISTANCE_MM: float = 10.0
+
+#: Lesion-level hit rules: ``dbtex`` (:func:`match_dbtex`) and ``mask_or_radius``
+#: (:func:`match_candidates`).
+HIT_RULES: tuple[str, ...] = ("dbtex", "mask_or_radius")
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +198,8 @@ class Candidates:
 
 
 def detect(heatmap: np.ndarray, *, min_distance_px: int = 12, threshold: float | None = None,
-           breast_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+           breast_mask: np.ndarray | None = None,
+           min_distance_slices: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Local maxima of a heatmap volume as detections.
 
     Parameters
@@ -186,11 +208,13 @@ def detect(heatmap: np.ndarray, *, min_distance_px: int = 12, threshold: float |
         ``(Z, H, W)`` (or ``(H, W)``) scores.
     min_distance_px : int, default 12
         In-plane suppression window (a maximum must be the largest value within
-        ``2 * min_distance_px + 1`` pixels and +-1 slice).
+        ``2 * min_distance_px + 1`` pixels and ``+-min_distance_slices`` slices).
     threshold : float, optional
         Keep only maxima with a score at least this.
     breast_mask : numpy.ndarray, optional
         ``(H, W)`` or ``(Z, H, W)`` bool; maxima outside it are dropped.
+    min_distance_slices : int, default 1
+        Suppression distance along ``z``, in slices (0: every slice on its own).
 
     Returns
     -------
@@ -206,16 +230,22 @@ def detect(heatmap: np.ndarray, *, min_distance_px: int = 12, threshold: float |
         raise ValueError(f"heatmap must be 2D or 3D, got shape {np.shape(heatmap)}")
     if min_distance_px < 1:
         raise ValueError(f"min_distance_px must be >= 1, got {min_distance_px}")
+    if min_distance_slices < 0:
+        raise ValueError(f"min_distance_slices must be >= 0, got {min_distance_slices}")
     finite = np.isfinite(vol)
     filled = np.where(finite, vol, -np.inf)
-    size = (3, 2 * min_distance_px + 1, 2 * min_distance_px + 1)  # odd: centred windows
+    size = (2 * min_distance_slices + 1, 2 * min_distance_px + 1,
+            2 * min_distance_px + 1)  # odd: centred windows
     peaks = (filled == ndimage.maximum_filter(filled, size=size, mode="nearest")) & finite
     if breast_mask is not None:
         peaks &= np.broadcast_to(np.asarray(breast_mask, bool), vol.shape)
     if threshold is not None:
         peaks &= filled >= threshold
     # a plateau gives several equal maxima: keep one per connected plateau
-    labels, n = ndimage.label(peaks, structure=np.ones((3, 3, 3), bool))
+    structure = np.ones((3, 3, 3), bool)
+    if min_distance_slices == 0:
+        structure[[0, 2]] = False  # slices are independent
+    labels, n = ndimage.label(peaks, structure=structure)
     if n == 0:
         return np.zeros((0, 3), int), np.zeros(0)
     safe = np.where(np.isfinite(filled), filled, np.finfo(np.float32).min)
@@ -278,6 +308,125 @@ def match_candidates(centers_zyx: np.ndarray, scores: np.ndarray, lesions: Seque
             inside = np.asarray(lesion_mask, bool)[tuple(centers.T)]
             within |= inside[:, None] & (dist3 == dist3.min(axis=1, keepdims=True))
         masked = np.where(within, dist3, np.inf)
+        best = masked.argmin(axis=1)
+        hit = np.where(np.isfinite(masked[np.arange(k), best]), best, -1)
+    return Candidates(scores=np.asarray(scores, np.float64), centers_zyx=centers,
+                      lesion_index=hit, n_lesions=len(lesions))
+
+
+def lesion_slice_extent(lesion: dict, lesion_mask: np.ndarray | None, *,
+                        pixel_spacing_mm: float, slice_thickness_mm: float = 1.0,
+                        z_positions: np.ndarray | None = None) -> tuple[int, int]:
+    """First and last slice a lesion spans, in the lesion's slice coordinates.
+
+    The extent is that of the connected component of ``lesion_mask`` (26-connected) nearest
+    to the lesion centre, looked for within one diameter of the centre in plane (so other
+    lesions far away in plane do not widen it). Without a mask, or with no mask voxel near
+    the lesion, it is the centre slice plus and minus the radius in slices.
+
+    Parameters
+    ----------
+    lesion : dict
+        ``center_zyx`` (voxels) and ``diameter_mm``; a ``slice_extent`` entry
+        ``(first, last)`` is returned as it is.
+    lesion_mask : numpy.ndarray, optional
+        ``(Z, H, W)`` bool.
+    pixel_spacing_mm, slice_thickness_mm : float
+        Voxel size.
+    z_positions : numpy.ndarray, optional
+        Slice index in the lesion's coordinates of each slice of ``lesion_mask`` when the
+        mask holds only some slices of the volume.
+
+    Returns
+    -------
+    tuple of int
+        ``(first, last)`` slice, inclusive.
+    """
+    if lesion.get("slice_extent") is not None:
+        lo, hi = lesion["slice_extent"]
+        return int(lo), int(hi)
+    cz, cy, cx = (float(c) for c in lesion["center_zyx"])
+    diameter = float(lesion["diameter_mm"])
+    if lesion_mask is not None:
+        mask = np.asarray(lesion_mask, bool)
+        if mask.ndim != 3:
+            raise ValueError(f"lesion_mask must be (Z, H, W), got shape {mask.shape}")
+        zpos = (np.arange(mask.shape[0]) if z_positions is None
+                else np.asarray(z_positions, dtype=int))
+        reach = max(2, math.ceil(diameter / pixel_spacing_mm))
+        y0, x0 = max(0, round(cy) - reach), max(0, round(cx) - reach)
+        y1, x1 = round(cy) + reach + 1, round(cx) + reach + 1
+        box = mask[:, y0:y1, x0:x1]
+        if box.any():
+            labels, _ = ndimage.label(box, structure=np.ones((3, 3, 3), bool))
+            vz, vy, vx = np.nonzero(labels)
+            d = np.sqrt(((zpos[vz] - cz) * slice_thickness_mm) ** 2
+                        + ((vy + y0 - cy) * pixel_spacing_mm) ** 2
+                        + ((vx + x0 - cx) * pixel_spacing_mm) ** 2)
+            nearest = int(np.argmin(d))
+            label = labels[vz[nearest], vy[nearest], vx[nearest]]
+            zs = zpos[np.flatnonzero((labels == label).any(axis=(1, 2)))]
+            return int(zs.min()), int(zs.max())
+    half = diameter / 2.0 / slice_thickness_mm
+    return math.floor(cz - half), math.ceil(cz + half)
+
+
+def match_dbtex(centers_zyx: np.ndarray, scores: np.ndarray, lesions: Sequence[dict], *,
+                pixel_spacing_mm: float, slice_extents: Sequence[tuple[int, int]],
+                min_distance_mm: float = DBTEX_MIN_DISTANCE_MM, z_margin_slices: int = 0,
+                z_positions: np.ndarray | None = None) -> Candidates:
+    """Match detections to lesions with the DBTex challenge's rule, in millimetres.
+
+    A detection hits a lesion when (a) the in-plane distance between its centre and the
+    lesion's centre is at most ``max(diameter_mm / 2, min_distance_mm)`` and (b) its slice
+    lies within the lesion's slice extent (widened by ``z_margin_slices`` on each side).
+    DBTex counts a box as a true positive when its centre is within half the ground-truth
+    box's diagonal or 100 pixels (~10 mm at its ~0.1 mm pixels) of the ground-truth centre,
+    whichever is larger, and within the ground-truth box's slices; here the lesion's
+    diameter stands for the box and the distances are in mm, so the rule does not depend on
+    the pixel spacing. A detection meeting several lesions goes to the nearest in plane.
+
+    Parameters
+    ----------
+    centers_zyx, scores
+        From :func:`detect`.
+    lesions : sequence of dict
+        Each with ``center_zyx`` (voxels) and ``diameter_mm``.
+    pixel_spacing_mm : float
+        In-plane pixel spacing.
+    slice_extents : sequence of (int, int)
+        First and last slice of each lesion (:func:`lesion_slice_extent`), in the lesions'
+        slice coordinates.
+    min_distance_mm : float, default :data:`DBTEX_MIN_DISTANCE_MM`
+        Smallest hit distance.
+    z_margin_slices : int, default 0
+        Extra slices allowed beyond each end of the extent.
+    z_positions : numpy.ndarray, optional
+        Slice index in the lesions' coordinates of each heatmap slice, when the heatmap holds
+        only some slices of the volume.
+
+    Returns
+    -------
+    Candidates
+    """
+    if len(slice_extents) != len(lesions):
+        raise ValueError(f"{len(slice_extents)} slice extents for {len(lesions)} lesions")
+    if pixel_spacing_mm <= 0:
+        raise ValueError(f"pixel_spacing_mm must be > 0, got {pixel_spacing_mm!r}")
+    centers = np.asarray(centers_zyx, dtype=int).reshape(-1, 3)
+    k = centers.shape[0]
+    hit = np.full(k, -1, dtype=int)
+    if lesions and k:
+        lc = np.asarray([les["center_zyx"] for les in lesions], dtype=np.float64)
+        reach = np.maximum(np.asarray([les["diameter_mm"] for les in lesions], np.float64) / 2.0,
+                           min_distance_mm)
+        d_plane = np.hypot(centers[:, None, 1] - lc[None, :, 1],
+                           centers[:, None, 2] - lc[None, :, 2]) * pixel_spacing_mm
+        cz = centers[:, 0] if z_positions is None else np.asarray(z_positions)[centers[:, 0]]
+        ext = np.asarray(slice_extents, dtype=np.float64).reshape(-1, 2)
+        in_z = ((cz[:, None] >= ext[None, :, 0] - z_margin_slices)
+                & (cz[:, None] <= ext[None, :, 1] + z_margin_slices))
+        masked = np.where((d_plane <= reach[None]) & in_z, d_plane, np.inf)
         best = masked.argmin(axis=1)
         hit = np.where(np.isfinite(masked[np.arange(k), best]), best, -1)
     return Candidates(scores=np.asarray(scores, np.float64), centers_zyx=centers,

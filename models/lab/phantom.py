@@ -1,28 +1,51 @@
 """Synthetic digital breast tomosynthesis (DBT) phantoms.
 
 A phantom is a reconstructed DBT volume ``(slices, rows, cols)`` in ``[0, 1]`` (0 = air) with
-the ground truth of any inserted lesions. It is built to be *plausible*, not physically
-exact, and fast enough to make training and test sets on a CPU:
+the ground truth of any inserted lesions. It is built to look like real reconstructed slices
+-- texture statistics, anatomical structures, blur -- not to simulate acquisition physics, and
+fast enough to make training and test sets on a CPU. Everything is in physical units
+(millimetres), so the same kind of breast can be drawn at 0.1 mm (the native DBT pixel) or at
+0.4 mm.
 
-* **Geometry** -- a compressed-breast footprint (a semi-ellipse against the chest wall at
-  column 0 for ``laterality="L"``; mirrored for ``"R"``) with a slightly brighter skin rim and
-  subcutaneous fat. ``view="MLO"`` adds a pectoral muscle triangle in the upper chest-wall
-  corner.
-* **Parenchyma** -- 3D power-law noise (``P(f) ~ f**-beta``, ``beta = 3``, as measured for
-  mammographic texture), thresholded softly so that the fibroglandular fraction follows
-  ``density``, concentrated away from skin and chest wall; Cooper's-ligament-like thin ridges
-  in fat.  The noise is generated on a coarse grid (about 0.4 mm in-plane) and upsampled, so a
-  full-size ``64 x 2560 x 2048`` volume needs little memory beyond the output itself.
-* **Tomosynthesis blur** -- every structure is mixed with a copy blurred along ``z`` (and a
-  little along rows): in-plane structures stay sharp on their slice and leave faint
-  out-of-plane ghosts on their neighbours.
-* **Lesions** -- masses of 5-30 mm (round, lobulated or spiculated, with thin radiating
-  spicules), 3D ellipsoid-like extent in ``z``, a little denser than fibroglandular tissue
-  (``+0.05 ... +0.15`` above the glandular level); optional microcalcification clusters.
-  ``lesion_mask`` marks the mass bodies and the convex hull of each calcification cluster.
-* **Noise** -- signal-dependent (quantum-like) Gaussian noise, slightly correlated.
+The model, in the order it is built (left orientation: chest wall at column 0):
 
-Everything is deterministic from ``seed``.
+1. **Breast** (:mod:`~models.lab.phantom_anatomy`): a compressed-breast outline (a slightly
+   boxy semi-ellipse; MLO adds the axillary tail and the pectoralis major), of real size
+   (``real_size=True``: chest-wall-to-nipple distance, width and compressed thickness drawn
+   from population-like ranges, :data:`BREAST_SIZE_MM`; or ``breast_size_mm``) or fitted into a
+   given field of view. The periphery is rounded (the outline recedes on slices away from the
+   centre plane), the skin is a 1.5-2 mm band, fat layers (subcutaneous, retromammary, above
+   and below) separate the glandular region from skin and chest wall.
+2. **Parenchyma**: a Gaussian field with a power-law spectrum, coherent in depth over a
+   distance proportional to each octave band's wavelength, soft-thresholded so that the
+   fibroglandular fraction of the glandular region equals ``density`` (or a value drawn for a
+   BI-RADS category, :data:`BIRADS_DENSITY`). Its coarse bands are drawn on a canvas seen
+   through a polar map centred on the nipple, so that the tissue radiates from and converges
+   on the nipple; the fine bands are isotropic and made at the native pixel size. Dense tissue
+   keeps a fibrous texture, fat a faint one.
+3. **Cooper's ligaments**: thin (FWHM about 0.5 mm) bright curved septa, the walls of 3D fat
+   compartments (a warped Voronoi tessellation with cells about 9-14 mm across).
+4. **Vessels and ducts**: 3D branching tubes (Murray's-law random-walk trees) -- vessels from
+   the chest wall and the borders, ducts converging on the nipple -- drawn as their
+   cross-section with each slice.
+5. **Lesions** (:mod:`~models.lab.phantom_lesions`): masses of fibroglandular attenuation with
+   3D shapes and 3D spicules, optional calcification clusters and architectural distortion.
+6. **Tomosynthesis blur** (:class:`~models.lab.phantom_blur.TomoBlur`): structure coarser
+   than about 2 mm is averaged over neighbouring slices (DBT resolves coarse structure poorly
+   in depth); finer structure stays sharp on its own slice and leaves faint ghosts on its
+   neighbours. Every neighbour's contribution is smeared along the tube-travel direction (the
+   rows, parallel to the chest wall) by ``2 |dz| tan(sweep / 2)``, the shift-and-add trace of
+   an out-of-plane structure.
+7. **Noise**: signal-dependent, slightly correlated quantum-like noise.
+
+Each 2D field is made at its resolution one slice at a time (an inverse FFT per field per
+slice) and slices are mixed from a small ring buffer, so a real-size breast (about
+50 x 1300 x 1000 at 0.1 mm) takes seconds to tens of seconds and little memory beyond the
+output. :func:`~models.lab.phantom_realism.realism_report` (re-exported here) measures how
+realistic a phantom is: slice power-law exponent, mass contrast and conspicuity, density.
+
+Everything is deterministic from ``seed``; the normal tissue does not depend on the lesions (a
+phantom with ``lesions=0`` is the same breast without them, identical away from them).
 """
 
 from __future__ import annotations
@@ -30,24 +53,127 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, special
 
+from models.lab.phantom_anatomy import (
+    BreastGeometry,
+    Compartments,
+    TubeSet,
+    grow_ducts,
+    grow_vessels,
+    make_geometry,
+    render_tubes,
+    smoothstep,
+)
+from models.lab.phantom_blur import TomoBlur
+from models.lab.phantom_lesions import (
+    Calcifications,
+    Distortion,
+    Mass,
+    calcification_hull,
+    distortion_core,
+    keep_apart,
+    placement_distance,
+    plan_calcifications,
+    plan_distortion,
+    plan_mass,
+    render_calcifications,
+)
+from models.lab.phantom_realism import realism_report
+from models.lab.phantom_texture import Parenchyma, power_law_noise
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Phantom", "make_phantom", "power_law_noise"]
+__all__ = ["BIRADS_DENSITY", "BREAST_SIZE_MM", "Phantom", "make_phantom", "power_law_noise",
+           "realism_report"]
 
-# Intensity levels on the [0, 1] attenuation-like scale.
+GENERATOR_VERSION = "2"
+
+# ---- intensity scale ([0, 1], attenuation-like) -------------------------------------------
 _FAT = 0.24
 _GLAND = 0.56
-_SKIN_BOOST = 0.12
+# skin is soft tissue of about glandular attenuation (its composition: Hammerstein et al. 1979,
+# Radiology 130:485; approximate)
+_SKIN = 0.58
+# the pectoralis: muscle attenuates about like gland, but it is thick; drawn a little brighter
 _PECTORAL = 0.64
-_LIGAMENT = 0.07
-_CALC = 0.35
-_COARSE_SPACING_MM = 0.4
-_SKIN_MM = 1.5
-_MASS_KINDS = ("round", "lobulated", "spiculated")
+# calcium (hydroxyapatite / oxalate) attenuates far more than soft tissue: the contrast of a
+# speck covering a whole pixel; it saturates at 1 after clipping
+_CALC = 2.0
+
+# ---- texture ---------------------------------------------------------------------------------
+# Power-law exponent of the *generating* field. The target is the measured slice exponent: about
+# 3 for mammograms (Burgess et al. 2001, Med Phys 28:419), in the same neighbourhood for
+# reconstructed DBT slices, lower (about 1.9) for breast CT (Metheany et al. 2008, Med Phys
+# 35:4685). Thresholding, the radial warp, thin lines (ligaments, vessels) and noise change the
+# measured spectrum, so this value was tuned until realism_report measured about 3 (2.8-3.4
+# over densities and seeds) at 0.1 mm and at 0.4 mm.
+_BETA_GEN = 3.2
+_F_LOWEST = 1.0 / 64.0  # cycles/mm: larger structures keep the power of 64 mm
+_F_TEXTURE_SPLIT = 0.5  # cycles/mm: coarser bands radiate from the nipple, finer are isotropic
+_THRESHOLD_SOFTNESS = 0.5  # soft threshold width (field std units): partial volume of gland
+# the glandular envelope lowers the field by this much (std units) where it is 0, so that the
+# gland's border follows the texture (scalloped) instead of the envelope's smooth outline
+_ENVELOPE_BIAS = 2.5
+# texture inside fibroglandular tissue (and masses) and inside fat, as a fraction of the
+# fat-to-gland step per unit of the (bounded) field; no published figure, set by eye and by
+# the measured exponent
+_FIBROUS_TEXTURE = 0.2
+_FAT_TEXTURE = 0.1
+# a mass's own glandular fraction: _MASS_FILL + _MASS_TEXTURE * (fine texture, unit std)
+_MASS_FILL = 0.95
+_MASS_TEXTURE = 0.05
+# Cooper's ligaments: thin septa, a few tenths of a millimetre (approximate anatomy)
+_LIGAMENT_SIGMA_MM = 0.2  # Gaussian sigma of a ligament's profile (FWHM ~0.47 mm)
+_LIGAMENT_LEVEL = 0.4  # glandular-equivalent peak of a ligament
+# ducts and vessels: glandular-equivalent level inside the tube (blood and duct walls
+# attenuate about like fibroglandular tissue; thin tubes are partial-volumed)
+_DUCT_LEVEL = 0.5
+_VESSEL_LEVEL = 0.65
+# ---- tomosynthesis blur ------------------------------------------------------------------------
+# Two-band depth mix (see phantom_blur.TomoBlur). DBT's depth resolution depends on object
+# size and sweep angle -- roughly size / tan(sweep / 2) (the out-of-plane blur of
+# tomosynthesis, reviewed by Dobbins & Godfrey 2003, Phys Med Biol 48:R65) -- so structure
+# coarser than _SPLIT_MM is averaged over depth with scale _COARSE_DEPTH_MM, while finer
+# structure stays in focus with ghosts of strength _GHOST_LEVEL * exp(-|dz| / _FINE_DEPTH_MM)
+# (values set by eye). Default sweep angle: total angular range of about 15 deg (Hologic;
+# GE about 25, Siemens about 50 deg); the Duke BCS-DBT set is Hologic.
+_SPLIT_MM = 2.0
+_COARSE_DEPTH_MM = 3.0
+_FINE_DEPTH_MM = 1.0
+_GHOST_LEVEL = 0.5
+_SWEEP_DEG = 15.0
+# ---- noise -----------------------------------------------------------------------------------
+# std at 0.1 mm pixels and glandular level, scaling as 0.1 / pixel (white-noise averaging); an
+# approximate, visually plausible level, not a measured one
+_NOISE_AT_0P1MM = 0.01
+
+# BI-RADS density (5th ed., 2013: a almost entirely fatty, b scattered areas of fibroglandular
+# density, c heterogeneously dense, d extremely dense) -> fibroglandular fraction of the
+# *glandular region*, drawn uniformly. The categories are visual, so the ranges are set by the
+# look of a slice, loosely after the 4th edition's quartiles of percent dense area (<25,
+# 25-50, 51-75, >75 %). The whole-breast glandular fraction that results
+# (``info["glandular_fraction"]``, which also counts partial-volume tissue, ligaments, vessels
+# and ducts) measured about 0.10-0.2 for a and 0.5-0.7 for d: for d higher than volumetric
+# breast density measured in women (Yaffe et al. 2009, Med Phys 36:5437: mean about 19 %, few
+# above 45 %) -- a known limitation.
+BIRADS_DENSITY: dict[str, tuple[float, float]] = {
+    "a": (0.02, 0.10), "b": (0.10, 0.30), "c": (0.30, 0.55), "d": (0.55, 0.80)}
+
+# Real-size mode: median and log-normal spread (sigma of ln) of the compressed breast in a CC
+# view, with bounds. Approximate population values, chosen to be consistent with published
+# ranges rather than quoted from one study: compressed thickness median ~55 mm, most between
+# 30 and 80 mm (screening samples, e.g. Dance et al. 2000, Phys Med Biol 45:3225);
+# chest-wall-to-nipple distance and width of the compressed breast of the order of 6-14 cm and
+# 9-20 cm (in-vivo shape study of Rodriguez-Ruiz et al. 2017, Phys Med Biol 62:6920).
+BREAST_SIZE_MM: dict[str, tuple[float, float, float, float]] = {
+    "chest_wall_to_nipple": (92.0, 0.20, 55.0, 150.0),
+    "width": (125.0, 0.18, 80.0, 200.0),
+    "thickness": (55.0, 0.22, 25.0, 85.0),
+}
 
 
 @dataclass
@@ -59,13 +185,17 @@ class Phantom:
     volume : numpy.ndarray
         ``(slices, rows, cols)`` float32 in ``[0, 1]``; 0 is air.
     lesion_mask : numpy.ndarray
-        ``(slices, rows, cols)`` bool, True inside masses and calcification-cluster hulls.
+        ``(slices, rows, cols)`` bool, True inside mass bodies, calcification-cluster hulls and
+        the centre region of an architectural distortion.
     lesions : list of dict
-        One entry per lesion: ``kind`` (``"round"``, ``"lobulated"``, ``"spiculated"`` or
-        ``"calcifications"``), ``center_zyx`` (voxel indices, stored orientation),
-        ``diameter_mm`` (float).
+        One entry per lesion: ``kind`` (``"round"``, ``"lobulated"``, ``"irregular"``,
+        ``"spiculated"``, ``"calcifications"`` or ``"distortion"``), ``center_zyx`` (voxel
+        indices, stored orientation), ``diameter_mm`` (float; for a distortion, that of the
+        marked centre region) and kind-specific descriptors (BI-RADS ``shape``/``margin``,
+        ``diameter_z_mm``, ``attenuation_excess``, ``spicules``; ``count``; ``extent_mm``).
     breast_mask : numpy.ndarray
-        ``(rows, cols)`` bool tissue footprint (includes the pectoral muscle).
+        ``(rows, cols)`` bool tissue footprint in the centre plane (includes the pectoral
+        muscle); slices away from the centre plane are a little smaller (rounded periphery).
     laterality : str
         ``"L"`` (chest wall at column 0) or ``"R"`` (chest wall at the last column).
     view : str
@@ -74,6 +204,12 @@ class Phantom:
         In-plane spacing of rows and columns.
     slice_thickness_mm : float
         Spacing between slices.
+    pectoral_mask : numpy.ndarray or None
+        ``(rows, cols)`` bool pectoral muscle (all False in CC).
+    info : dict
+        Generation parameters and true values: ``birads``, ``density``,
+        ``glandular_fraction`` (whole-breast volumetric, true), ``chest_wall_to_nipple_mm``,
+        ``width_mm``, ``thickness_mm``, ``sweep_angle_deg``, ``skin_mm``, ``generator``.
     """
 
     volume: np.ndarray
@@ -84,202 +220,92 @@ class Phantom:
     view: str = "CC"
     pixel_spacing_mm: float = 0.1
     slice_thickness_mm: float = 1.0
+    pectoral_mask: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def power_law_noise(
-    shape: tuple[int, ...],
-    rng: np.random.Generator,
-    *,
-    beta: float = 3.0,
-    spacing: tuple[float, ...] | None = None,
-    f_min: float = 0.0,
-) -> np.ndarray:
-    """Gaussian noise with an isotropic power spectrum ``P(f) ~ f**-beta``.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Output shape (2D or 3D).
-    rng : numpy.random.Generator
-        Source of randomness.
-    beta : float, default 3.0
-        Spectral exponent (about 3 for breast parenchyma).
-    spacing : tuple of float, optional
-        Physical sample spacing per axis (so the spectrum is isotropic in millimetres even on
-        an anisotropic grid). Defaults to 1 per axis.
-    f_min : float, default 0.0
-        Frequencies below ``f_min`` (cycles per unit of ``spacing``) are clamped to it, which
-        bounds the largest structures.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 array of ``shape`` with zero mean and unit standard deviation.
-    """
-    if spacing is None:
-        spacing = (1.0,) * len(shape)
-    if len(spacing) != len(shape):
-        raise ValueError(f"spacing {spacing!r} must have one value per axis of shape {shape!r}")
-    freqs = [np.fft.fftfreq(n, d=s).astype(np.float32) for n, s in zip(shape[:-1], spacing[:-1])]
-    freqs.append(np.fft.rfftfreq(shape[-1], d=spacing[-1]).astype(np.float32))
-    f2 = np.zeros([len(f) for f in freqs], dtype=np.float32)
-    for axis, f in enumerate(freqs):
-        view = [1] * len(freqs)
-        view[axis] = len(f)
-        f2 = f2 + f.reshape(view) ** 2
-    f = np.sqrt(f2)
-    smallest = min(1.0 / (n * s) for n, s in zip(shape, spacing))
-    f = np.maximum(f, max(f_min, smallest))
-    amplitude = f ** (-beta / 2.0)
-    amplitude.flat[0] = 0.0
-    white = rng.standard_normal(shape, dtype=np.float32)
-    spectrum = np.fft.rfftn(white) * amplitude
-    out = np.fft.irfftn(spectrum, s=shape, axes=tuple(range(len(shape)))).astype(np.float32)
-    out -= out.mean()
-    std = float(out.std())
-    return out / std if std > 0 else out
+# ============================================================================ helpers
+def _draw_size(rng: np.random.Generator) -> tuple[float, float, float]:
+    """Chest-wall-to-nipple, width, thickness (mm): correlated log-normal draws."""
+    common = rng.standard_normal()
+    out = []
+    for key in ("chest_wall_to_nipple", "width", "thickness"):
+        median, sigma, lo, hi = BREAST_SIZE_MM[key]
+        zed = 0.7 * common + math.sqrt(1.0 - 0.49) * rng.standard_normal()
+        out.append(float(np.clip(median * math.exp(sigma * zed), lo, hi)))
+    return out[0], out[1], out[2]
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
+def _envelope(geom: BreastGeometry, z: int, retro: np.ndarray, pec_env: np.ndarray) -> np.ndarray:
+    """Soft glandular-region envelope (0..1) of slice ``z``."""
+    h = geom.depth(z)
+    e = geom.inset(h)
+    if not math.isfinite(e):
+        return np.zeros((geom.rows, geom.cols), np.float32)
+    env = smoothstep((geom.dist - e - geom.subcut_mm) / 15.0)
+    sub_z = min(geom.subcut_mm, 0.2 * geom.thickness_mm)
+    env *= float(smoothstep((geom.thickness_mm / 2.0 - abs(h) - sub_z) / 8.0))
+    return (env * retro * pec_env).astype(np.float32)
 
 
-def _footprint(
-    rows: int, cols: int, spacing_y: float, spacing_x: float, view: str, shape_params: dict
-) -> tuple[np.ndarray, np.ndarray]:
-    """Breast footprint and pectoral mask (chest wall at column 0) on a grid of the given spacing."""
-    y = (np.arange(rows, dtype=np.float32) + 0.5) * spacing_y  # mm
-    x = (np.arange(cols, dtype=np.float32) + 0.5) * spacing_x
-    yy, xx = y[:, None], x[None, :]
-    height = rows * spacing_y
-    width = cols * spacing_x
-    yc = shape_params["yc"] * height
-    a = shape_params["a"] * height
-    b = shape_params["b"] * width
-    tilt = shape_params["tilt"]
-    # A slightly skewed semi-ellipse: the row centre drifts with depth (x).
-    yd = yy - yc - tilt * xx
-    r = (yd / a) ** 2 + (xx / b) ** 2
-    # Slight flattening of the nipple end makes it look compressed rather than elliptical.
-    footprint = r <= 1.0
-    pectoral = np.zeros((rows, cols), dtype=bool)
-    if view == "MLO":
-        pw = shape_params["pec_w"] * width
-        ph = shape_params["pec_h"] * height
-        pectoral = (xx / pw + yy / ph) < 1.0
-        # Axillary tail: the breast widens towards the top along the chest wall.
-        tail = (xx / (pw * 1.45) + yy / (ph * 1.15)) < 1.0
-        footprint = footprint | tail | pectoral
-        # round off the notch where the axillary tail meets the breast (about 8 mm)
-        smooth = ndimage.gaussian_filter(footprint.astype(np.float32),
-                                         sigma=(8.0 / spacing_y, 8.0 / spacing_x), mode="nearest")
-        footprint = (smooth > 0.5) | pectoral
-    return footprint, pectoral & footprint
+def _threshold(tex: Parenchyma, geom: BreastGeometry, density: float, retro: np.ndarray,
+               pec_env: np.ndarray) -> float:
+    """Field level whose exceedance fraction in the glandular region equals ``density``."""
+    if density <= 0.0:
+        return math.inf
+    if density >= 1.0:
+        return -math.inf
+    inside = [z for z in range(geom.slices) if geom.slice_footprint(z).any()]
+    picks = sorted({inside[int(i)] for i in np.linspace(0, len(inside) - 1, min(6, len(inside)))})
+    vals = []
+    step = max(1, (geom.rows * geom.cols) // 60_000)
+    for z in picks:
+        env = _envelope(geom, z, retro, pec_env)
+        f = sum(tex.slice(z)) - _ENVELOPE_BIAS * (1.0 - env)
+        sel = (env > 0.5).ravel()[::step]
+        vals.append(f.ravel()[::step][sel] if sel.any() else f.ravel()[::step])
+    return float(np.quantile(np.concatenate(vals), 1.0 - density))
 
 
-def _distance_inside(mask: np.ndarray, spacing: tuple[float, float], open_top: bool) -> np.ndarray:
-    """Distance (mm) from each inside pixel to the skin; the chest wall (column 0) is not skin."""
-    pad_top = 1 if open_top else 0
-    padded = np.pad(mask, ((pad_top, 0), (1, 0)), mode="constant", constant_values=True)
-    dist = ndimage.distance_transform_edt(padded, sampling=spacing)
-    return dist[pad_top:, 1:].astype(np.float32)
+def _pectoral_texture(geom: BreastGeometry, rng: np.random.Generator, view: str) -> np.ndarray:
+    """Muscle-fibre striations along the pectoralis (static, small amplitude)."""
+    if view != "MLO" or not geom.pectoral.any():
+        return np.zeros((1, 1), np.float32)
+    ny, nx = geom.rows, geom.cols
+    white = rng.standard_normal((ny, nx), dtype=np.float32)
+    fy = np.fft.fftfreq(ny, d=geom.px)[:, None]
+    fx = np.fft.rfftfreq(nx, d=geom.px)[None, :]
+    # fibres run roughly parallel to the muscle's front edge (down and out from the corner)
+    ang = math.atan2(1.0, 0.6)
+    along = fy * math.cos(ang) + fx * math.sin(ang)
+    across = -fy * math.sin(ang) + fx * math.cos(ang)
+    filt = np.exp(-0.5 * ((along / 0.03) ** 2 + (across / 0.6) ** 2)).astype(np.float32)
+    tex = np.fft.irfft2(np.fft.rfft2(white) * filt, s=(ny, nx)).astype(np.float32)
+    tex /= float(tex.std()) + 1e-6
+    return 0.012 * tex
 
 
-def _upsample(slice2d: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Bilinear upsampling of a coarse slice to exactly ``(rows, cols)``."""
-    if slice2d.shape == (rows, cols):
-        return slice2d.astype(np.float32, copy=False)
-    zoom = (rows / slice2d.shape[0], cols / slice2d.shape[1])
-    out = ndimage.zoom(slice2d, zoom, order=1, mode="nearest", grid_mode=True)
-    if out.shape != (rows, cols):  # rounding in zoom; pad or crop by at most a pixel
-        out = np.pad(out, ((0, max(0, rows - out.shape[0])), (0, max(0, cols - out.shape[1]))),
-                     mode="edge")[:rows, :cols]
-    return out.astype(np.float32, copy=False)
-
-
-def _tomo_blur(vol: np.ndarray, slice_thickness_mm: float, spacing_y: float) -> np.ndarray:
-    """Mix in-focus structure with an out-of-plane blurred copy (along z, a little along rows)."""
-    sigma_z = 2.5 / slice_thickness_mm
-    blurred = ndimage.gaussian_filter1d(vol, sigma=sigma_z, axis=0, mode="nearest")
-    blurred = ndimage.gaussian_filter1d(blurred, sigma=1.0 / spacing_y, axis=1, mode="nearest")
-    return (0.6 * vol + 0.4 * blurred).astype(np.float32)
-
-
-def _tomo_blur_z(delta: np.ndarray, slice_thickness_mm: float) -> np.ndarray:
-    sigma_z = 2.5 / slice_thickness_mm
-    blurred = ndimage.gaussian_filter1d(delta, sigma=sigma_z, axis=0, mode="constant")
-    return (0.6 * delta + 0.4 * blurred).astype(np.float32)
-
-
-def _mass_body(
-    kind: str,
-    radius_mm: float,
-    zr_mm: float,
-    grid: tuple[np.ndarray, np.ndarray, np.ndarray],
-    rng: np.random.Generator,
-    px_mm: float,
-) -> np.ndarray:
-    """Soft mass body (0..1) on a local grid of mm offsets ``(w, v, u)``."""
-    w, v, u = grid
-    theta0 = rng.uniform(0, math.pi)
-    ct, st = math.cos(theta0), math.sin(theta0)
-    ur = ct * u + st * v
-    vr = -st * u + ct * v
-    aspect = rng.uniform(0.8, 1.0)
-    wz = w * (radius_mm / zr_mm)
-    rho = np.sqrt(ur**2 + (vr / aspect) ** 2 + wz**2)
-    boundary: np.ndarray | float = radius_mm
-    if kind in ("lobulated", "spiculated"):
-        theta = np.arctan2(vr, ur)
-        elev = np.arctan2(wz, np.sqrt(ur**2 + vr**2))
-        mod = np.zeros(np.broadcast_shapes(theta.shape, elev.shape), dtype=np.float32)
-        orders = (2, 3, 4, 5) if kind == "lobulated" else (3, 5, 7, 9)
-        amp = 0.14 if kind == "lobulated" else 0.08
-        for k in orders:
-            mod += rng.uniform(0.4, 1.0) * amp * np.cos(k * theta + rng.uniform(0, 2 * math.pi)) \
-                * np.cos(int(rng.integers(1, 3)) * elev)
-        boundary = radius_mm * (1.0 + mod)
-    edge_mm = max(0.4 if kind != "round" else 0.6, px_mm)
-    return special.expit((boundary - rho) / (edge_mm / 2.0)).astype(np.float32)
-
-
-def _spicules_2d(radius_mm: float, shape: tuple[int, int], center: tuple[float, float],
-                 rng: np.random.Generator, px_mm: float) -> np.ndarray:
-    """Thin radiating lines (0..1) around ``center`` (pixel offsets in a local 2D grid)."""
-    out = np.zeros(shape, dtype=np.float32)
-    n = int(rng.integers(8, 20))
-    cy, cx = center
-    width_mm = max(0.25, 0.07 * radius_mm)
-    for _ in range(n):
-        phi = rng.uniform(0, 2 * math.pi)
-        length = radius_mm * rng.uniform(1.4, 2.4)
-        t = np.arange(0.5 * radius_mm, length, 0.5 * px_mm)
-        ys = np.round(cy + t * math.sin(phi) / px_mm).astype(int)
-        xs = np.round(cx + t * math.cos(phi) / px_mm).astype(int)
-        ok = (ys >= 0) & (ys < shape[0]) & (xs >= 0) & (xs < shape[1])
-        taper = (1.0 - 0.85 * t / length).astype(np.float32)
-        np.maximum.at(out, (ys[ok], xs[ok]), taper[ok])
-    sigma = max(0.5, width_mm / px_mm)
-    out = ndimage.gaussian_filter(out, sigma=sigma)
-    peak = float(out.max())
-    return out / peak if peak > 0 else out
-
-
+# ============================================================================ the generator
 def make_phantom(
     *,
     seed: int = 0,
     lesions: int = 1,
-    slices: int = 32,
-    rows: int = 512,
-    cols: int = 384,
+    slices: int | None = None,
+    rows: int | None = None,
+    cols: int | None = None,
     laterality: str = "L",
     view: str = "CC",
     pixel_spacing_mm: float = 0.1,
     slice_thickness_mm: float = 1.0,
-    density: float = 0.5,
+    density: float | None = None,
     calcifications: bool = False,
     lesion_diameter_mm: tuple[float, float] = (5.0, 30.0),
+    birads: str | None = None,
+    real_size: bool = False,
+    breast_size_mm: tuple[float, float] | None = None,
+    thickness_mm: float | None = None,
+    distortion: bool = False,
+    sweep_angle_deg: float = _SWEEP_DEG,
 ) -> Phantom:
     """Make a synthetic DBT volume, optionally with lesions.
 
@@ -289,24 +315,43 @@ def make_phantom(
         Everything (shape, texture, lesions, noise) is deterministic from it.
     lesions : int, default 1
         Number of masses to insert (0 for a normal volume).
-    slices, rows, cols : int
-        Volume shape; defaults ``32 x 512 x 384``.
+    slices, rows, cols : int, optional
+        Volume shape. Defaults ``32 x 512 x 384`` with the breast fitted into that field of
+        view; in physical mode (``real_size`` or ``breast_size_mm``) a missing ``rows``/``cols``
+        is derived from the breast size and a missing ``slices`` from the compressed thickness.
     laterality : {"L", "R"}
         ``"L"``: chest wall at column 0; ``"R"``: the same breast mirrored.
     view : {"CC", "MLO"}
-        MLO adds a pectoral muscle in the upper chest-wall corner.
+        MLO adds the pectoralis major in the upper chest-wall corner and an axillary tail.
     pixel_spacing_mm : float, default 0.1
-        In-plane spacing in mm.
+        In-plane spacing in mm (structures are made at this resolution).
     slice_thickness_mm : float, default 1.0
         Slice spacing in mm.
-    density : float, default 0.5
-        Fibroglandular fraction of the glandular region, in ``[0, 1]``.
+    density : float, optional
+        Fibroglandular fraction of the glandular region, in ``[0, 1]``; default 0.5, or drawn
+        from ``birads``.
     calcifications : bool, default False
         Add one microcalcification cluster (marked in ``lesion_mask`` by its hull).
     lesion_diameter_mm : (float, float), default (5, 30)
         Range of mass diameters (uniform). A drawn diameter larger than the breast can hold
         (small fields of view) is reduced to the largest that fits; the ``lesions`` entries
         report the diameter actually used.
+    birads : {"a", "b", "c", "d"}, optional
+        BI-RADS density category; draws ``density`` from :data:`BIRADS_DENSITY`. Not together
+        with ``density``.
+    real_size : bool, default False
+        Draw the breast's chest-wall-to-nipple distance, width and compressed thickness from
+        :data:`BREAST_SIZE_MM`.
+    breast_size_mm : (float, float), optional
+        ``(chest-wall-to-nipple, width)`` in mm: physical mode with a given size.
+    thickness_mm : float, optional
+        Compressed breast thickness in mm. Default: drawn in real-size mode, otherwise
+        ``max(slices * slice_thickness_mm, 40)`` (a thin volume is the central slab of a
+        40 mm breast).
+    distortion : bool, default False
+        Add one architectural distortion.
+    sweep_angle_deg : float, default 15
+        Angular range of the tube sweep; sets the length of out-of-plane ghost streaks.
 
     Returns
     -------
@@ -318,256 +363,245 @@ def make_phantom(
         raise ValueError(f"laterality must be 'L' or 'R', got {laterality!r}")
     if view not in ("CC", "MLO"):
         raise ValueError(f"view must be 'CC' or 'MLO', got {view!r}")
-    if min(slices, rows, cols) < 1 or rows < 16 or cols < 16:
-        raise ValueError(f"shape must be at least 1 x 16 x 16, got {(slices, rows, cols)!r}")
+    physical = bool(real_size) or breast_size_mm is not None
+    if not physical:
+        slices = 32 if slices is None else slices
+        rows = 512 if rows is None else rows
+        cols = 384 if cols is None else cols
+    for name, value in (("slices", slices), ("rows", rows), ("cols", cols)):
+        if value is not None and value < (1 if name == "slices" else 16):
+            raise ValueError(f"shape must be at least 1 x 16 x 16, got {name}={value!r}")
     if pixel_spacing_mm <= 0 or slice_thickness_mm <= 0:
-        raise ValueError(
-            f"spacings must be positive, got pixel {pixel_spacing_mm!r}, slice {slice_thickness_mm!r}"
-        )
-    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"spacings must be positive, got pixel {pixel_spacing_mm!r}, "
+                         f"slice {slice_thickness_mm!r}")
+    if birads is not None and density is not None:
+        raise ValueError("give either density or birads, not both")
+    if birads is not None and str(birads).lower() not in BIRADS_DENSITY:
+        raise ValueError(f"birads must be one of {sorted(BIRADS_DENSITY)}, got {birads!r}")
+    if density is not None and not 0.0 <= density <= 1.0:
         raise ValueError(f"density must be in [0, 1], got {density!r}")
     if lesions < 0:
         raise ValueError(f"lesions must be >= 0, got {lesions!r}")
     dmin, dmax = lesion_diameter_mm
     if not 0 < dmin <= dmax:
-        raise ValueError(f"lesion_diameter_mm must be (min, max) with 0 < min <= max, got {lesion_diameter_mm!r}")
+        raise ValueError("lesion_diameter_mm must be (min, max) with 0 < min <= max, "
+                         f"got {lesion_diameter_mm!r}")
+    if breast_size_mm is not None and min(breast_size_mm) <= 0:
+        raise ValueError(f"breast_size_mm must be positive (mm), got {breast_size_mm!r}")
+    if thickness_mm is not None and thickness_mm <= 0:
+        raise ValueError(f"thickness_mm must be positive, got {thickness_mm!r}")
+    if not 0.0 < sweep_angle_deg < 90.0:
+        raise ValueError(f"sweep_angle_deg must be in (0, 90), got {sweep_angle_deg!r}")
 
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9E3779B9]))
-    px = float(pixel_spacing_mm)
-    shape_params = {
-        "yc": rng.uniform(0.46, 0.54) if view == "CC" else rng.uniform(0.56, 0.64),
-        "a": rng.uniform(0.36, 0.45) if view == "CC" else rng.uniform(0.36, 0.42),
-        "b": rng.uniform(0.78, 0.93),
-        "tilt": rng.uniform(-0.06, 0.06),
-        "pec_w": rng.uniform(0.22, 0.34),
-        "pec_h": rng.uniform(0.45, 0.65),
-    }
+    px, dz = float(pixel_spacing_mm), float(slice_thickness_mm)
+    root = np.random.SeedSequence([seed, 0x9E3779B9])
+    (s_geom, s_tex, s_anat, s_les, s_noise, s_dens, s_size, s_pec) = root.spawn(8)
 
-    # ---- full-resolution 2D maps -------------------------------------------------------
-    footprint, pectoral = _footprint(rows, cols, px, px, view, shape_params)
-    if not footprint.any():
-        raise ValueError("breast footprint is empty; the image is too small")
-    dist = _distance_inside(footprint, (px, px), open_top=view == "MLO")
-    skin = np.clip(1.0 - dist / _SKIN_MM, 0.0, 1.0) * footprint
-    # soften the pectoral edge (about 1 mm)
-    pec_soft = ndimage.gaussian_filter(pectoral.astype(np.float32), sigma=max(0.5, 0.7 / px))
+    # ---- breast ----------------------------------------------------------------------------
+    if birads is not None:
+        birads = str(birads).lower()
+        density = float(np.random.default_rng(s_dens).uniform(*BIRADS_DENSITY[birads]))
+    density = 0.5 if density is None else float(density)
+    size = None
+    if physical:
+        cnd, width, thick = _draw_size(np.random.default_rng(s_size))
+        size = (cnd, width) if breast_size_mm is None else tuple(float(v) for v in breast_size_mm)
+        if thickness_mm is None:
+            thickness_mm = thick if slices is None else max(slices * dz, thick)
+    geom = make_geometry(rows=rows, cols=cols, slices=slices, px=px, dz=dz, view=view,
+                         rng=np.random.default_rng(s_geom), size_mm=size,
+                         thickness_mm=thickness_mm, density=density)
+    n_sl, rows, cols = geom.slices, geom.rows, geom.cols
+    # the retromammary fat boundary: roughly parallel to the chest wall, gently wavy
+    grng = np.random.default_rng(s_geom.spawn(1)[0])
+    y_mm = (np.arange(rows, dtype=np.float32) + 0.5) * px
+    wave = sum(grng.uniform(1.5, 4.0) * np.sin(2 * math.pi * y_mm / grng.uniform(25.0, 70.0)
+                                              + grng.uniform(0, 2 * math.pi)) for _ in range(2))
+    retro = smoothstep((geom.x_mm[None, :] - geom.retro_mm - wave[:, None]) / 12.0)
+    retro = retro.astype(np.float32)
+    pec_env = smoothstep((geom.pec_dist - 2.0) / 6.0).astype(np.float32)
 
-    # ---- coarse 3D tissue ----------------------------------------------------------------
-    f = max(1, int(round(_COARSE_SPACING_MM / px)))
-    crows, ccols = math.ceil(rows / f), math.ceil(cols / f)
-    cpx = px * f
-    cfoot, cpec = _footprint(crows, ccols, cpx, cpx, view, shape_params)
-    cdist = _distance_inside(cfoot, (cpx, cpx), open_top=view == "MLO")
-    xmm = (np.arange(ccols, dtype=np.float32) + 0.5) * cpx
-    gland_env = _smoothstep((cdist - 4.0) / 10.0) * _smoothstep((xmm[None, :] - 2.0) / 8.0)
-    gland_env *= ~cpec
-    spacing3 = (slice_thickness_mm, cpx, cpx)
-    shape3 = (slices, crows, ccols)
-    tex = power_law_noise(shape3, rng, beta=3.0, spacing=spacing3, f_min=1.0 / 60.0)
-    # local density varies smoothly too (a second, very low-frequency field)
-    trend = power_law_noise(shape3, rng, beta=4.0, spacing=spacing3, f_min=1.0 / 120.0)
-    field3 = 0.85 * tex + 0.5 * trend
-    inside = np.broadcast_to(gland_env > 0.5, shape3)
-    if density <= 0.0:
-        fg = np.zeros(shape3, np.float32)
-    elif density >= 1.0:
-        fg = np.ones(shape3, np.float32)
-    else:
-        vals = field3[inside] if inside.any() else field3.ravel()
-        thr = float(np.quantile(vals[:: max(1, vals.size // 200_000)], 1.0 - density))
-        fg = special.expit((field3 - thr) / 0.3)
-    fg = (fg * gland_env[None]).astype(np.float32)
-    del field3, trend
-    # Cooper's ligaments: thin ridges (zero crossings) of band-pass noise, in fat
-    band = power_law_noise(shape3, rng, beta=2.0, spacing=spacing3, f_min=1.0 / 15.0)
-    band = ndimage.gaussian_filter(band, sigma=(0.5, 1.0, 1.0))
-    band /= band.std() + 1e-6
-    ligament = np.exp(-((band / 0.12) ** 2)) * (1.0 - fg) * _smoothstep(cdist / 6.0)[None]
-    del band
-    fine = 0.5 * tex  # keeps some in-fat texture
-    coarse = _FAT + (_GLAND - _FAT) * fg + _LIGAMENT * ligament + 0.025 * fine
-    del ligament, fine
-    coarse = _tomo_blur(coarse.astype(np.float32), slice_thickness_mm, cpx)
-    # muscle striation texture for the pectoral, from the same coarse texture
-    pec_tex = 0.03 * _tomo_blur(tex, slice_thickness_mm, cpx)
-    del tex
+    # ---- texture fields ----------------------------------------------------------------------
+    tex_seeds = s_tex.generate_state(2)
+    tex = Parenchyma(geom, int(tex_seeds[0]), beta=_BETA_GEN, f_lo=_F_LOWEST,
+                     split=_F_TEXTURE_SPLIT)
+    lig = Compartments(geom, np.random.default_rng(int(tex_seeds[1])))
+    thr = _threshold(tex, geom, density, retro, pec_env)
+    hi_std = max(tex.fine_std, 1e-6)
+    pec_tex = _pectoral_texture(geom, np.random.default_rng(s_pec), view)
 
-    # ---- lesions (planned in the L orientation) ------------------------------------------
-    lesion_list: list[dict] = []
-    lesion_mask = np.zeros((slices, rows, cols), dtype=bool)
-    placement_dist = np.where(pectoral, 0.0, dist)
-    # keep away from the pectoral too
-    if pectoral.any():
-        pec_dist = ndimage.distance_transform_edt(~pectoral, sampling=(px, px)).astype(np.float32)
-        placement_dist = np.minimum(placement_dist, pec_dist)
-    # the chest wall edge (column 0) is inside tissue but lesions must fit in the image
-    xmm_full = (np.arange(cols, dtype=np.float32) + 0.5) * px
-    placement_dist = np.minimum(placement_dist, xmm_full[None, :])
-    ymm_full = (np.arange(rows, dtype=np.float32) + 0.5) * px
-    placement_dist = np.minimum(placement_dist, np.minimum(ymm_full, rows * px - ymm_full)[:, None])
-    masses: list[dict] = []
+    # ---- vessels and ducts ---------------------------------------------------------------
+    arng = np.random.default_rng(s_anat)
+    tubes = TubeSet.from_polylines(grow_vessels(geom, arng), _VESSEL_LEVEL, px)
+    tubes = tubes.extend(TubeSet.from_polylines(grow_ducts(geom, arng), _DUCT_LEVEL, px))
+
+    # ---- lesions (left orientation) --------------------------------------------------------
+    lrng = np.random.default_rng(s_les)
+    place0 = place = placement_distance(geom)
+    prefer = _envelope(geom, (n_sl - 1) // 2, retro, pec_env) > 0.5
+    masses: list[Mass] = []
+    # later lesions keep clear of earlier ones while a smallest mass still fits elsewhere
+    room = 1.25 * dmin / 2.0 + 1.0 + 1.5 * px
     for _ in range(lesions):
-        diameter = float(rng.uniform(dmin, dmax))
-        kind = _MASS_KINDS[int(rng.integers(0, len(_MASS_KINDS)))]
-        # the lobulated outline may exceed the radius by 25 %, plus a 1 mm margin
-        margin = 1.0 + 1.5 * px
-        fits = (float(placement_dist.max()) - margin) / 1.25 * 2.0
-        if fits < min(dmin, 1.0):
-            raise ValueError(
-                f"no {dmin:.1f} mm mass fits inside the breast of a {rows}x{cols} image "
-                f"at {px} mm/pixel; use a larger image or smaller lesion_diameter_mm"
-            )
-        if diameter > fits:  # a small field of view: limit the mass to what fits
-            logger.debug("mass diameter %.1f mm limited to %.1f mm to fit", diameter, fits)
-            diameter = max(fits, min(dmin, fits))
-        radius = diameter / 2.0
-        reach = radius * (2.4 if kind == "spiculated" else 1.2)
-        needed = radius * 1.25 + margin
-        cand = np.flatnonzero(placement_dist.ravel() >= needed - 1e-3)
-        idx = int(cand[rng.integers(0, cand.size)])
-        cy, cx = divmod(idx, cols)
-        zr_mm = radius * rng.uniform(0.6, 0.9)
-        zr = zr_mm / slice_thickness_mm
-        lo, hi = zr, slices - 1 - zr
-        cz = float(rng.uniform(lo, hi)) if hi > lo else (slices - 1) / 2.0
-        masses.append({"kind": kind, "diameter": diameter, "radius": radius, "reach": reach,
-                       "zr_mm": zr_mm, "c": (cz, float(cy), float(cx)),
-                       "contrast": float(rng.uniform(0.05, 0.15)),
-                       "seed": int(rng.integers(0, 2**31))})
-    calc_plan = None
+        masses.append(plan_mass(geom, lrng, place, prefer, (dmin, dmax), logger))
+        apart = keep_apart(place, geom, masses[-1].center, masses[-1].reach_mm)
+        place = apart if float(apart.max()) >= room else place
+    calc: Calcifications | None = None
     if calcifications:
-        spread = float(rng.uniform(3.0, 8.0))  # cluster radius in mm
-        cand = np.flatnonzero(placement_dist.ravel() >= spread + 2.0)
-        if cand.size == 0:
-            raise ValueError("a calcification cluster does not fit inside the breast; use a larger image")
-        idx = int(cand[rng.integers(0, cand.size)])
-        cy, cx = divmod(idx, cols)
-        cz = float(rng.uniform(0, slices - 1))
-        calc_plan = {"c": (cz, float(cy), float(cx)), "spread": spread,
-                     "n": int(rng.integers(6, 20)), "seed": int(rng.integers(0, 2**31))}
-    noise_seed = int(rng.integers(0, 2**31))
-
-    # ---- compose full resolution volume slice by slice -----------------------------------
-    volume = np.empty((slices, rows, cols), dtype=np.float32)
-    skin_boost = (_SKIN_BOOST * skin).astype(np.float32)
-    foot_f = footprint.astype(np.float32)
-    for z in range(slices):
-        tissue = _upsample(coarse[z], rows, cols)
-        ptex = _upsample(pec_tex[z], rows, cols)
-        sl = tissue * (1.0 - pec_soft) + (_PECTORAL + ptex) * pec_soft + skin_boost
-        volume[z] = sl * foot_f
-    del coarse, pec_tex
-
+        calc = plan_calcifications(geom, lrng, place if float(place.max()) >= 6.0 else place0,
+                                   prefer)
+        place = keep_apart(place, geom, calc.center, calc.diameter_mm / 2.0 + 1.0)
+    dist_plan: Distortion | None = None
+    if distortion:
+        dist_plan = plan_distortion(geom, lrng, place if float(place.max()) >= 14.0 else place0,
+                                    prefer)
     for m in masses:
-        _insert_mass(volume, lesion_mask, m, px, slice_thickness_mm, footprint)
-        cz, cy, cx = m["c"]
-        lesion_list.append({"kind": m["kind"], "center_zyx": [float(cz), float(cy), float(cx)],
-                            "diameter_mm": float(m["diameter"])})
-    if calc_plan is not None:
-        diameter = _insert_calcifications(volume, lesion_mask, calc_plan, px, slice_thickness_mm)
-        cz, cy, cx = calc_plan["c"]
-        lesion_list.append({"kind": "calcifications", "center_zyx": [float(cz), float(cy), float(cx)],
-                            "diameter_mm": float(diameter)})
+        tubes = tubes.extend(m.spicules)
+    if dist_plan is not None:
+        tubes = tubes.extend(dist_plan.strands)
+    tubes = tubes.sorted_by_depth()
 
-    # ---- quantum-like noise ----------------------------------------------------------------
-    nrng = np.random.default_rng(noise_seed)
-    sigma_noise = max(0.5, 0.05 / px)  # noise correlation about 0.05 mm -> at least half a pixel
-    for z in range(slices):
+    # ---- compose slice by slice, mix neighbours (tomosynthesis blur), add noise ---------------
+    blur = TomoBlur(geom, sweep_angle_deg, split_mm=_SPLIT_MM,
+                    coarse_depth_mm=_COARSE_DEPTH_MM, fine_depth_mm=_FINE_DEPTH_MM,
+                    ghost_level=_GHOST_LEVEL)
+    volume = np.empty((n_sl, rows, cols), dtype=np.float32)
+    lesion_mask = np.zeros((n_sl, rows, cols), dtype=bool)
+    nrng = np.random.default_rng(s_noise)
+    noise_sigma = _NOISE_AT_0P1MM * 0.1 / px
+    noise_corr = max(0.5, 0.05 / px)
+    gland_sum = 0.0
+    tissue_sum = 0.0
+    lig_sigma = max(_LIGAMENT_SIGMA_MM, 0.45 * px)
+    lig_amp = _LIGAMENT_LEVEL * _LIGAMENT_SIGMA_MM / lig_sigma
+    for zs in range(n_sl + blur.reach):
+        if zs < n_sl:
+            s, fg_total, foot = _compose(
+                zs, geom, tex, lig, thr, hi_std, retro, pec_env, pec_tex, tubes,
+                masses, calc, dist_plan, lig_sigma, lig_amp, lesion_mask)
+            blur.push(zs, s)
+            weight = foot * (1.0 - geom.pec_soft)
+            gland_sum += float(np.sum(fg_total * weight))
+            tissue_sum += float(np.sum(weight))
+        zo = zs - blur.reach
+        if zo < 0:
+            continue
+        acc = blur.pop(zo)
+        foot_o = geom.slice_footprint(zo)
         n = nrng.standard_normal((rows, cols), dtype=np.float32)
-        n = ndimage.gaussian_filter(n, sigma=sigma_noise)
-        n *= 1.0 / max(float(n.std()), 1e-6)
-        sl = volume[z]
-        sl += 0.012 * np.sqrt(np.maximum(sl, 0.0) / _GLAND) * n * foot_f
-        np.clip(sl, 0.0, 1.0, out=sl)
-        sl *= foot_f
-    lesion_mask &= footprint[None]
+        n = ndimage.gaussian_filter(n, sigma=noise_corr)
+        n *= noise_sigma / max(float(n.std()), 1e-6)
+        acc += np.sqrt(np.maximum(acc, 0.0) / _GLAND) * n
+        np.clip(acc, 0.0, 1.0, out=acc)
+        acc *= geom.slice_coverage(zo)
+        volume[zo] = acc
+        lesion_mask[zo] &= foot_o
 
+    # ---- ground truth -----------------------------------------------------------------------
+    lesion_list = [m.entry() for m in masses]
+    if calc is not None:
+        hull, (ya, xa) = calcification_hull(calc, geom)
+        z0, z1 = calc.z_range
+        for z in range(z0, z1 + 1):
+            lesion_mask[z, ya:ya + hull.shape[0], xa:xa + hull.shape[1]] |= (
+                hull & geom.slice_footprint(z)[ya:ya + hull.shape[0], xa:xa + hull.shape[1]])
+        lesion_list.append(calc.entry())
+    if dist_plan is not None:
+        for z in range(n_sl):
+            core = distortion_core(dist_plan, z, geom)
+            if core is None:
+                continue
+            cm, (ya, xa) = core
+            foot = geom.slice_footprint(z)[ya:ya + cm.shape[0], xa:xa + cm.shape[1]]
+            lesion_mask[z, ya:ya + cm.shape[0], xa:xa + cm.shape[1]] |= cm & foot
+        lesion_list.append(dist_plan.entry())
+    footprint = geom.footprint
+    pectoral = geom.pectoral
     if laterality == "R":
         volume = np.ascontiguousarray(volume[:, :, ::-1])
         lesion_mask = np.ascontiguousarray(lesion_mask[:, :, ::-1])
         footprint = np.ascontiguousarray(footprint[:, ::-1])
+        pectoral = np.ascontiguousarray(pectoral[:, ::-1])
         for les in lesion_list:
             les["center_zyx"][2] = float(cols - 1 - les["center_zyx"][2])
+    info = {
+        "generator": GENERATOR_VERSION, "birads": birads, "density": density,
+        "glandular_fraction": gland_sum / tissue_sum if tissue_sum > 0 else 0.0,
+        "chest_wall_to_nipple_mm": geom.chest_wall_to_nipple_mm, "width_mm": geom.width_mm,
+        "thickness_mm": geom.thickness_mm, "real_size": physical,
+        "sweep_angle_deg": float(sweep_angle_deg), "skin_mm": geom.skin_mm,
+    }
     logger.debug("phantom seed=%d %s %s shape=%s lesions=%d", seed, laterality, view,
                  volume.shape, len(lesion_list))
     return Phantom(volume=volume, lesion_mask=lesion_mask, lesions=lesion_list,
                    breast_mask=footprint, laterality=laterality, view=view,
-                   pixel_spacing_mm=px, slice_thickness_mm=float(slice_thickness_mm))
+                   pixel_spacing_mm=px, slice_thickness_mm=dz, pectoral_mask=pectoral, info=info)
 
 
-def _insert_mass(volume: np.ndarray, lesion_mask: np.ndarray, m: dict, px: float, dz: float,
-                 footprint: np.ndarray) -> None:
-    """Render one mass into ``volume`` (in place) with tomosynthesis blur and mark its body."""
-    slices, rows, cols = volume.shape
-    cz, cy, cx = m["c"]
-    sigma_z = 2.5 / dz
-    spiculated = m["kind"] == "spiculated"
-    reach_px = m["reach"] / px + 2
-    z_extent = m["zr_mm"] * 1.3 / dz + 3 * sigma_z + 1
-    z0, z1 = max(0, int(math.floor(cz - z_extent))), min(slices, int(math.ceil(cz + z_extent)) + 1)
-    y0, y1 = max(0, int(math.floor(cy - reach_px))), min(rows, int(math.ceil(cy + reach_px)) + 1)
-    x0, x1 = max(0, int(math.floor(cx - reach_px))), min(cols, int(math.ceil(cx + reach_px)) + 1)
-    w = ((np.arange(z0, z1, dtype=np.float32) - cz) * dz)[:, None, None]
-    v = ((np.arange(y0, y1, dtype=np.float32) - cy) * px)[None, :, None]
-    u = ((np.arange(x0, x1, dtype=np.float32) - cx) * px)[None, None, :]
-    rng = np.random.default_rng(m["seed"])
-    body = _mass_body(m["kind"], m["radius"], m["zr_mm"], (w, v, u), rng, px)
-    region = volume[z0:z1, y0:y1, x0:x1]
-    level = _GLAND + m["contrast"]
-    # internal texture: gentle heterogeneity of the mass itself (2D, shared by its slices)
-    tex = ndimage.gaussian_filter(rng.standard_normal(body.shape[1:]).astype(np.float32),
-                                  sigma=0.6 / px)
-    tex /= tex.std() + 1e-6
-    delta = body * (level + 0.012 * tex[None] - region)
-    delta = np.where(delta > 0, delta, 0.3 * delta)
-    if spiculated:
-        spic = _spicules_2d(m["radius"], body.shape[1:], (cy - y0, cx - x0), rng, px)
-        zprof = np.exp(-0.5 * (w / (0.5 * m["zr_mm"])) ** 2)
-        spic_level = _GLAND + 0.5 * m["contrast"]
-        delta += (1.0 - body) * (spic[None] * zprof) * np.maximum(spic_level - region, 0.0)
-    delta = _tomo_blur_z(delta, dz)
-    foot = footprint[y0:y1, x0:x1][None]
-    region += delta * foot
-    lesion_mask[z0:z1, y0:y1, x0:x1] |= (body > 0.5) & foot
+def _compose(z: int, geom: BreastGeometry, tex: Parenchyma, lig: Compartments,
+             thr: float, hi_std: float, retro: np.ndarray,
+             pec_env: np.ndarray, pec_tex: np.ndarray, tubes: TubeSet, masses: list[Mass],
+             calc: Calcifications | None, dist_plan: Distortion | None, lig_sigma: float,
+             lig_amp: float, lesion_mask: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The in-focus structure of slice ``z`` (before the tomosynthesis mix).
 
-
-def _insert_calcifications(volume: np.ndarray, lesion_mask: np.ndarray, plan: dict, px: float,
-                           dz: float) -> float:
-    """Render a microcalcification cluster; mark its convex hull; return its diameter in mm."""
-    slices, rows, cols = volume.shape
-    rng = np.random.default_rng(plan["seed"])
-    cz, cy, cx = plan["c"]
-    spread = plan["spread"]
-    n = plan["n"]
-    pts = rng.normal(0.0, spread / 2.0, size=(n, 2))
-    norms = np.linalg.norm(pts, axis=1, keepdims=True)
-    pts = np.where(norms > spread, pts / norms * spread, pts)
-    zs = np.clip(np.round(cz + rng.normal(0.0, 1.0 / dz, n)), 0, slices - 1).astype(int)
-    sizes = rng.uniform(0.15, 0.5, n)  # mm
-    for (py, pxx), zc, s in zip(pts, zs, sizes):
-        yc, xc = cy + py / px, cx + pxx / px
-        r = max(s / 2.0 / px, 0.6)
-        rad = int(math.ceil(3 * r)) + 1
-        ya, yb = max(0, int(yc) - rad), min(rows, int(yc) + rad + 1)
-        xa, xb = max(0, int(xc) - rad), min(cols, int(xc) + rad + 1)
-        yy = np.arange(ya, yb)[:, None] - yc
-        xx = np.arange(xa, xb)[None, :] - xc
-        blob = np.exp(-0.5 * (yy**2 + xx**2) / r**2).astype(np.float32)
-        amp = _CALC * rng.uniform(0.6, 1.0)
-        for dzi, weight in ((0, 1.0), (-1, 0.35), (1, 0.35), (-2, 0.1), (2, 0.1)):
-            zz = zc + dzi
-            if 0 <= zz < slices:
-                volume[zz, ya:yb, xa:xb] += weight * amp * blob
-    # convex hull of the cluster, dilated by 1 mm, over the slices the specks occupy
-    hull_pts = np.concatenate([pts, pts + [1.0, 0], pts - [1.0, 0], pts + [0, 1.0], pts - [0, 1.0]])
-    from scipy.spatial import Delaunay  # local import: only needed here
-
-    tri = Delaunay(hull_pts)
-    reach = int(math.ceil((spread + 1.5) / px)) + 1
-    ya, yb = max(0, int(cy) - reach), min(rows, int(cy) + reach + 1)
-    xa, xb = max(0, int(cx) - reach), min(cols, int(cx) + reach + 1)
-    yy, xx = np.meshgrid((np.arange(ya, yb) - cy) * px, (np.arange(xa, xb) - cx) * px, indexing="ij")
-    inside = tri.find_simplex(np.stack([yy.ravel(), xx.ravel()], axis=1)) >= 0
-    inside = inside.reshape(yy.shape)
-    lesion_mask[zs.min(): zs.max() + 1, ya:yb, xa:xb] |= inside[None]
-    return float(2.0 * np.max(np.linalg.norm(pts, axis=1)) + 1.0)
+    Returns the attenuation-like slice, its total glandular fraction and its footprint; marks
+    the mass bodies of this slice in ``lesion_mask``.
+    """
+    px = geom.px
+    shape = (geom.rows, geom.cols)
+    foot = geom.slice_footprint(z)
+    if not foot.any():
+        zero = np.zeros(shape, np.float32)
+        return zero, zero, foot
+    h = geom.depth(z)
+    e = geom.inset(h)
+    # parenchyma: soft-thresholded power-law field inside the glandular envelope
+    lo, hi = tex.slice(z)
+    env = _envelope(geom, z, retro, pec_env)
+    keep = smoothstep((geom.dist - e - geom.skin_mm - 1.0) / 3.0)  # never on the skin
+    if math.isinf(thr):
+        fg = np.zeros(shape, np.float32) if thr > 0 else env * keep
+    else:
+        fg = special.expit((lo + hi - _ENVELOPE_BIAS * (1.0 - env) - thr)
+                           / _THRESHOLD_SOFTNESS).astype(np.float32) * keep
+    # Cooper's ligaments: walls between fat compartments
+    wall, vis = lig.wall(z)
+    lig_fg = (lig_amp * np.exp(-0.5 * (wall / lig_sigma) ** 2) * vis).astype(np.float32)
+    # vessels, ducts, spicules, distortion strands
+    tub = render_tubes(tubes, (z + 0.5) * geom.dz, geom.dz, shape, px)
+    fgt = 1.0 - (1.0 - fg) * (1.0 - lig_fg) * (1.0 - tub)
+    if dist_plan is not None:
+        dist_plan.apply(fgt, z, geom)
+    excess = np.zeros(shape, np.float32)
+    for m in masses:
+        z0, y0, x0 = m.origin
+        k = z - z0
+        if not 0 <= k < m.body.shape[0]:
+            continue
+        b = m.body[k]
+        sl = (slice(y0, y0 + b.shape[0]), slice(x0, x0 + b.shape[1]))
+        # the mass is fibroglandular-like tissue with its own fine texture
+        own = np.clip(_MASS_FILL + _MASS_TEXTURE * hi[sl] / hi_std, 0.0, 1.0)
+        fgt[sl] = np.maximum(fgt[sl], b * own)
+        excess[sl] += b * m.excess
+        lesion_mask[z][sl] |= b > 0.5
+    # attenuation: fat/gland mix with fibrous fine texture in the glandular part
+    level = 2.0 * np.tanh(0.5 * (lo + hi - min(max(thr, -3.0), 3.0)))
+    # fat keeps a faint trace of the texture too (partial volume of sub-threshold tissue)
+    mu = _FAT + (_GLAND - _FAT) * (fgt * (1.0 + _FIBROUS_TEXTURE * level)
+                                   + _FAT_TEXTURE * level * (1.0 - fgt) + excess)
+    # skin: a band along the (rounded) surface, wider where the slice cuts it obliquely
+    u = min(abs(h) / (geom.thickness_mm / 2.0), 0.98)
+    skin_w = min(geom.skin_mm / math.sqrt(1.0 - u * u), 5.0 * geom.skin_mm)
+    d_in = geom.dist - e
+    sk = smoothstep((skin_w - d_in) / max(px, 0.2) + 0.5)
+    mu = mu * (1.0 - sk) + _SKIN * sk
+    if geom.pectoral.any():
+        pec = geom.pec_soft
+        mu = mu * (1.0 - pec) + (_PECTORAL + pec_tex) * pec
+    if calc is not None:
+        render_calcifications(calc, z, geom, mu, _CALC)
+    mu = (mu * geom.slice_coverage(z)).astype(np.float32)
+    return mu, fgt.astype(np.float32), foot

@@ -97,7 +97,8 @@ class Orthanc:
     """A real Orthanc with its own storage, acting as the PACS."""
 
     def __init__(self, workdir: Path, *, ae_title: str = "ORTHANC",
-                 modalities: dict[str, list[Any]] | None = None) -> None:
+                 modalities: dict[str, list[Any]] | None = None,
+                 extra_config: dict[str, Any] | None = None) -> None:
         if shutil.which("Orthanc") is None:
             raise RuntimeError("Orthanc is not installed (apt-get install orthanc)")
         self.workdir = workdir
@@ -121,6 +122,7 @@ class Orthanc:
             "StableAge": 1,
             "ConcurrentJobs": 1,
         }
+        config.update(extra_config or {})  # e.g. plugins (the viewer test's DICOMweb)
         self.config_path = workdir / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
         self.proc: subprocess.Popen | None = None
@@ -171,7 +173,8 @@ class NodeProcess:
     """``picard-node serve`` (and optionally a separate ``picard-node worker``) as processes."""
 
     def __init__(self, workdir: Path, *, destinations: list[str], broker_url: str | None = None,
-                 quiet_seconds: float = 2.0, extra_env: dict[str, str] | None = None) -> None:
+                 quiet_seconds: float = 2.0, extra_env: dict[str, str] | None = None,
+                 extra_config: dict[str, Any] | None = None, log_level: str = "info") -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.spool = workdir / "spool"
@@ -183,23 +186,29 @@ class NodeProcess:
                   "destinations": [_destination(d) for d in destinations]}
         if broker_url:
             config["broker_url"] = broker_url
+        config.update(extra_config or {})
         self.config_path = workdir / "picard-node.yaml"
         self.config_path.write_text(json.dumps(config, indent=1))
         self.args = ["--config", str(self.config_path)]
+        self.log_level = log_level
         self.port = 0
+        self.worker_pid: int | None = None
         self.proc: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
+        self.stdout = ""  # what serve (and its embedded worker) printed, after stop()
 
     def start(self, port: int = 0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "serve", "--port", str(port or free_port()),
-             *self.args],
+            [sys.executable, "-m", "workers.cli", "--log-level", self.log_level, "serve",
+             "--port", str(port or free_port()), *self.args],
             stdout=subprocess.PIPE, stderr=open(self.workdir / "node.log", "a"), text=True,
             env=self.env, cwd=REPO_ROOT, start_new_session=True)
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"node did not start: {(self.workdir / 'node.log').read_text()[-3000:]}")
-        self.port = json.loads(line)["port"]
+        listening = json.loads(line)
+        self.port = listening["port"]
+        self.worker_pid = listening.get("worker_pid")
         wait_for_port(self.port, proc=self.proc)
 
     def start_worker(self, queues: str = "gpu,io") -> subprocess.Popen:
@@ -219,7 +228,15 @@ class NodeProcess:
             stop_process(w)
         if self.proc is not None:
             stop_process(self.proc)
+            if self.proc.stdout is not None:
+                self.stdout += self.proc.stdout.read()
             self.proc = None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """Run ``picard-node <args> --config <the node's config>`` (status, retry, outbox)."""
+        return subprocess.run([sys.executable, "-m", "workers.cli", *args, *self.args],
+                              capture_output=True, text=True, env=self.env, cwd=REPO_ROOT,
+                              timeout=120)
 
 
 def storescu(port: int, files: list[Path], *, called_ae: str = "PICARD",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from io import BytesIO
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ParametricMapStorage, SegmentationStorage
 
-from dicom_node.encode import ScoreLabels, encode_results
+from dicom_node.encode import ScoreLabels, display_range, encode_results
+from dicom_node.encode.display import PREDICTION_RGB
 from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
 from dicom_node.standins.synthetic import write_bto
 from dicom_node.volume import load_series, unflip
@@ -89,17 +92,81 @@ def test_seg_and_pm_content(source: str, request: pytest.FixtureRequest) -> None
     algo = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("PICARD", "1.2.3")
 
-    # PM: every source frame, in source order, RWVM back to scores
+    # PM: every source frame (these sources step along the normal: source order), float32
+    # stored values 0 at half the threshold and 1 at the highest score, RWVM back to scores
     assert int(pm.NumberOfFrames) == stored_heat.shape[0]
     order = [source_frame_index(it, sources) for it in pm.PerFrameFunctionalGroupsSequence]
     assert order == list(range(stored_heat.shape[0]))
+    assert pm.BitsAllocated == 32 and "FloatPixelData" in pm and "PixelData" not in pm
+    stored = pm.pixel_array.reshape(stored_heat.shape)
+    assert stored.dtype == np.float32
+    assert stored.max() == pytest.approx(1.0, abs=1e-6)
+    expected_stored = (stored_heat - THRESHOLD / 2) / (stored_heat.max() - THRESHOLD / 2)
+    np.testing.assert_allclose(stored, expected_stored, rtol=1e-6, atol=1e-6)
     rwvm = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     slope, intercept = float(rwvm.RealWorldValueSlope), float(rwvm.RealWorldValueIntercept)
-    decoded = pm.pixel_array.reshape(stored_heat.shape) * slope + intercept
-    np.testing.assert_allclose(decoded, stored_heat, atol=slope / 2 + 1e-6)
-    assert pm.pixel_array.dtype == np.uint16
+    assert intercept == pytest.approx(THRESHOLD / 2)
+    decoded = stored.astype(np.float64) * slope + intercept
+    np.testing.assert_allclose(decoded, stored_heat, rtol=1e-6, atol=1e-6 * stored_heat.max())
+    assert rwvm.MeasurementUnitsCodeSequence[0].CodeValue == "{score}"
+    assert float(rwvm.DoubleFloatRealWorldValueLastValueMapped) >= 1.0
     anatomy = pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
     assert anatomy.FrameLaterality == volume.laterality
+
+    # what viewers need: a colour for the segment, series dates, telling descriptions
+    rgb = hd.color.CIELabColor.from_dicom_value(
+        tuple(segment.RecommendedDisplayCIELabValue)).to_rgb()
+    assert rgb == pytest.approx(PREDICTION_RGB, abs=2)
+    for obj, kind in ((pm, "heatmap"), (seg, "lesions")):
+        assert obj.SeriesDescription.startswith(f"PICARD {kind} (")
+        assert len(obj.SeriesDate) == 8 and len(obj.SeriesTime) >= 6
+    assert (pm.SeriesDate, pm.SeriesTime) == (seg.SeriesDate, seg.SeriesTime)
+
+
+def _reverse_frame_positions(volume):
+    """The source's headers with frame k placed where frame N-1-k was (frames run the other
+    way along the normal); the pixels are not needed for encoding."""
+    ds = copy.deepcopy(volume.source_datasets[0])
+    items = ds.PerFrameFunctionalGroupsSequence
+    positions = [list(it.PlanePositionSequence[0].ImagePositionPatient) for it in items]
+    for item, position in zip(items, reversed(positions)):
+        item.PlanePositionSequence[0].ImagePositionPatient = position
+    return ds
+
+
+def test_pm_frames_follow_the_normal_whatever_the_source_direction(
+        bto_source, tmp_path: Path) -> None:
+    """OHIF fills its volume along the normal, ascending, and copies PM frames by index:
+    a source whose frames run against the normal gets its PM frames in reverse, each frame
+    still referencing (and holding the scores of) its own source frame."""
+    reversed_src = _reverse_frame_positions(bto_source)
+    heat = unflip(_heatmap(bto_source.pixels.shape), bto_source)
+    pm = _roundtrip(encode_results([reversed_src], heat, threshold=THRESHOLD,
+                                   model_version="1", output_uid_seed="rev")[0])
+    if dciodvfy_available():
+        pm.save_as(tmp_path / "pm.dcm")
+        assert run_dciodvfy(tmp_path / "pm.dcm")[0] == []
+    items = pm.PerFrameFunctionalGroupsSequence
+    order = [source_frame_index(it, [reversed_src]) for it in items]
+    assert order == list(range(heat.shape[0]))[::-1]
+    iop = np.asarray(pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+                     .ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    along = [float(np.asarray(it.PlanePositionSequence[0].ImagePositionPatient, float) @ normal)
+             for it in items]
+    assert along == sorted(along)
+    rwvm = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    decoded = (pm.pixel_array.astype(np.float64) * float(rwvm.RealWorldValueSlope)
+               + float(rwvm.RealWorldValueIntercept))
+    np.testing.assert_allclose(decoded, heat[order], rtol=1e-6, atol=1e-5)
+
+
+def test_pm_display_range() -> None:
+    heat = np.array([[[0.0, 1.0, 3.0]]], np.float32)
+    assert display_range(heat, 2.0) == (1.0, 3.0)
+    assert display_range(heat * 0.1, 2.0) == (1.0, 2.0)  # nothing found: 1 stays the threshold
+    assert display_range(heat, None) == (0.0, 3.0)
+    assert display_range(np.zeros((1, 2, 2)), None) == (0.0, 1.0)
 
 
 @pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")
@@ -192,6 +259,13 @@ def test_sr_findings(source: str, request: pytest.FixtureRequest, tmp_path: Path
     assert frames == [2, 5]
     values = sorted(g.get_measurements()[0].value for g in groups)
     assert values == pytest.approx([1.9, 2.6])
+    # one finding per lesion, named with the frames it spans (1-based), score in {score}
+    last = heat.shape[0]
+    assert sorted(g.tracking_identifier for g in groups) == [
+        "lesion 1, frames 1-6", f"lesion 2, frames 4-{min(last, 8)}"]
+    assert {g.get_measurements()[0].unit.value for g in groups} == {"{score}"}
+    assert sr.SeriesDescription == "PICARD findings (2 lesions)"
+    assert len(sr.SeriesDate) == 8 and len(sr.SeriesTime) >= 6
     if dciodvfy_available():
         assert run_dciodvfy(path)[0] == []
     empty = _encode(volume, np.zeros_like(heat), include_sr=True)
@@ -236,7 +310,8 @@ def test_every_object_names_the_scoring_rule(bto_source, tmp_path: Path) -> None
     assert "rule" in params.AlgorithmParameters and "exact" in params.AlgorithmParameters
     concepts = {item.ConceptNameCodeSequence[0].CodeMeaning
                 for item in _walk_content(sr) if "ConceptNameCodeSequence" in item}
-    assert "Maximum mean completion distance (image, M=10, exact)" in concepts
+    assert "Max mean CD (image)" in concepts
+    assert pm.SeriesDescription == "PICARD heatmap (mean CD, image, M=10, exact)"
     assert not any("minimum" in c.lower() for c in concepts)
     if dciodvfy_available():
         for name, ds in (("pm", pm), ("seg", seg), ("sr", sr)):
@@ -252,6 +327,8 @@ def test_fast_mode_and_unrecorded_rules_are_labelled_as_such() -> None:
     assert fast.content_label == "MCD_FEAT_M10"
     assert fast.description == "minimum completion distance, feature, M=10 p=0.1, fast"
     assert fast.algorithm_parameters()["slice_step"] == "4"
+    assert fast.max_concept.meaning == "Max MCD (feature, fast)"
+    assert fast.short == "MCD, feature, M=10, fast"
     unknown = ScoreLabels.from_summary(None)
     assert unknown.content_label == "PICARD_SCORE" and "not recorded" in unknown.description
     with pytest.raises(ValueError, match="unknown scoring rule"):

@@ -110,3 +110,15 @@ def test_export_without_destinations_keeps_the_result(settings: Settings,
 def test_series_files_refuses_an_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no .dcm files"):
         pipeline.series_files(tmp_path)
+
+
+def test_fast_mode_is_recorded_and_keyed_apart(settings: Settings,
+                                               spooled_series: SeriesRef) -> None:
+    root = results_root(settings.spool_dir)
+    exact = pipeline.analyze(Path(spooled_series.directory), root)
+    fast = pipeline.analyze(Path(spooled_series.directory), root, mode="fast")
+    assert fast.computed and fast.folder.path != exact.folder.path
+    assert exact.folder.summary()["scoring"]["mode"] == "exact"
+    scoring = fast.folder.summary()["scoring"]
+    assert scoring["mode"] == "fast" and scoring["slice_step"] > 1
+    assert scoring["rule"] in ("min", "mean", "median") and scoring["M"] >= 1

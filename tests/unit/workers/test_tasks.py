@@ -42,7 +42,13 @@ def test_unloadable_series_is_quarantined_and_rejected(app_settings: Settings,
     assert spool.series_files(spooled_series) == []
     reasons = list(spool.quarantine_dir.glob("*.reason.txt"))
     assert len(reasons) == 1
-    assert spool.state(spooled_series) is SeriesState.DONE  # not dispatched again on restart
+    # listed as failed (quarantined), not dispatched again on restart, retried on demand
+    assert spool.state(spooled_series) is SeriesState.FAILED
+    failure = spool.read_marker(spooled_series, SeriesState.FAILED)
+    assert failure["stage"] == "analyze" and failure["reason"].startswith("quarantined:")
+    assert spool.restore_quarantined(spooled_series) == 1
+    assert len(spool.series_files(spooled_series)) == 1
+    assert list(spool.quarantine_dir.glob("*.reason.txt")) == []
 
 
 def test_failed_export_raises_for_a_retry(app_settings: Settings,

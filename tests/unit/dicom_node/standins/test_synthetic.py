@@ -9,7 +9,9 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
+from dicom_node.encode.display import TRUTH_RGB
 from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
+from dicom_node.standins.geometry import geometry, patient_orientation
 from dicom_node.standins.synthetic import (
     BTO_SOP_CLASS_UID,
     MG_FOR_PRESENTATION_SOP_CLASS_UID,
@@ -140,3 +142,68 @@ def test_truth_seg_rejects_wrong_shape(tmp_path: Path) -> None:
     paths = _write(tmp_path)
     with pytest.raises(ValueError, match="does not match source grid"):
         write_truth_seg(paths, np.zeros((7, 64, 48), bool), tmp_path / "truth")
+
+
+def _all_keywords(ds: pydicom.Dataset) -> set[str]:
+    found = set()
+    for elem in ds.iterall():
+        found.add(elem.keyword)
+    return found
+
+
+@pytest.mark.parametrize("per_slice", [False, True])
+def test_no_voi_lut_function_and_usual_orientation(tmp_path: Path, per_slice: bool) -> None:
+    """OHIF shows images carrying VOI LUT Function LINEAR black; a left CC hangs A\\R."""
+    paths = _write(tmp_path, per_slice=per_slice)
+    ds = pydicom.dcmread(paths[0])
+    assert "VOILUTFunction" not in _all_keywords(ds)
+    if per_slice:
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        assert list(ds.PatientOrientation) == ["A", "R"]
+        assert float(ds.WindowWidth) > 0
+    else:
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        iop = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+        assert float(shared.FrameVOILUTSequence[0].WindowWidth) > 0
+    # rows run anterior (towards the nipple), columns towards the patient's right (medial)
+    assert iop == [0.0, -1.0, 0.0, -1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(("laterality", "view", "expected"), [
+    ("L", "CC", ["A", "R"]), ("R", "CC", ["P", "L"]),
+    ("L", "MLO", ["A", "FR"]), ("R", "MLO", ["P", "FL"]),
+])
+def test_patient_orientation_letters(laterality: str, view: str, expected: list[str]) -> None:
+    orientation, _ = geometry(laterality, view, 0.1, 1.0, 2)
+    assert patient_orientation(orientation) == expected
+
+
+def test_frames_against_the_normal(tmp_path: Path) -> None:
+    vol = breast_volume()
+    (path,) = _write(tmp_path, volume=vol, frame_direction=-1)
+    ds = pydicom.dcmread(path)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    positions = np.array([f.PlanePositionSequence[0].ImagePositionPatient
+                          for f in ds.PerFrameFunctionalGroupsSequence], dtype=float)
+    np.testing.assert_allclose(np.diff(positions @ normal), -1.0, atol=1e-6)
+    (forward,) = _write(tmp_path, name="forward", volume=vol)
+    assert pydicom.dcmread(forward).SeriesInstanceUID != ds.SeriesInstanceUID
+    with pytest.raises(ValueError, match="frame_direction must be 1 or -1"):
+        _write(tmp_path, name="bad", frame_direction=0)
+    if dciodvfy_available():
+        assert run_dciodvfy(path)[0] == []
+
+
+def test_truth_seg_colour_and_date(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    vol = breast_volume()
+    paths = _write(tmp_path, volume=vol)
+    mask = blob_mask(vol.shape, (3, 30, 10), 3)
+    seg = pydicom.dcmread(write_truth_seg(paths, mask, tmp_path / "truth"))
+    lab = tuple(seg.SegmentSequence[0].RecommendedDisplayCIELabValue)
+    assert hd.color.CIELabColor.from_dicom_value(lab).to_rgb() == pytest.approx(TRUTH_RGB, abs=2)
+    source = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    assert (seg.SeriesDate, seg.SeriesTime) == (source.SeriesDate, source.SeriesTime)

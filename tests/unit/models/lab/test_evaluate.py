@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from models.lab.evaluate import METHODS, compare_methods, evaluate_cases, method_heatmaps
+from models.lab.evaluate import (
+    METHODS,
+    compare_methods,
+    evaluate_cases,
+    method_heatmaps,
+)
 from models.lab.metrics import (
     auroc,
     bootstrap_metrics,
@@ -30,7 +35,8 @@ def _case(seed: int, *, perfect: bool, n_les: int = 2):
         lesion_mask |= blob
         lesions.append({"kind": "round", "center_zyx": [cz, cy, cx], "diameter_mm": 6.4})
         if perfect:
-            heat += np.exp(-(((yy - cy) / 6.0) ** 2 + ((xx - cx) / 6.0) ** 2 + ((zz - cz) / 2) ** 2))
+            heat += np.exp(-(((yy - cy) / 6.0) ** 2 + ((xx - cx) / 6.0) ** 2
+                             + ((zz - cz) / 2) ** 2))
     return heat, _Truth(lesion_mask, lesions, np.ones((96, 96), bool))
 
 
@@ -61,7 +67,7 @@ def test_random_detector_metrics() -> None:
     assert 0.4 < r["pixel_auroc"]["value"] < 0.6
     assert r["pixel_auroc"]["lo"] < 0.5 < r["pixel_auroc"]["hi"]
     assert r["sens@0.5fp"]["value"] < 0.5
-    frac = lambda: lesion_mask_frac(pairs)  # noqa: E731
+    frac = lambda: lesion_mask_frac(pairs)
     assert r["pixel_ap"]["value"] < 2 * frac()
 
 
@@ -97,40 +103,98 @@ def test_shape_mismatch_raises() -> None:
         auroc(np.zeros(3), np.zeros(4, bool))
 
 
-def test_compare_methods_runs_on_tiny_model() -> None:
+@pytest.fixture
+def tiny_setup():
+    """A tiny random PICARD at 0.8 mm and two tiny phantoms with one mass each."""
     import torch
 
-    from models.bundle import official_card
     from models.lab.phantom import make_phantom
-    from models.networks import CompletionNetwork, Critic
-    from models.picard import Picard
+    from tests.helpers.tiny_models import tiny_card, tiny_picard
 
     torch.set_num_threads(1)
-    card = official_card()
-    card.pop("pixel_spacing_note")
-    card.update(window=32, hole=16, stride=16, pixel_spacing_mm=0.8, M=3, batch_size=32)
-    torch.manual_seed(0)
-    model = Picard(CompletionNetwork(ngf=4), Critic(4, 16), Critic(4, 32), card=card)
+    model = tiny_picard(tiny_card(stride=16, pixel_spacing_mm=0.8, batch_size=5))
     exams = [make_phantom(seed=s, lesions=1, slices=4, rows=64, cols=48, pixel_spacing_mm=0.8,
                           lesion_diameter_mm=(8.0, 12.0)) for s in range(2)]
-    r = compare_methods(model, exams, m=3, n_boot=20, slices=lambda e: [1, 2],
-                        print_table=False)
+    return model, exams
+
+
+def test_compare_methods_reports_every_baseline_and_rule(tiny_setup) -> None:
     import json
 
+    from models.lab.baselines import BASELINES
+
+    model, exams = tiny_setup
+    r = compare_methods(model, exams, m=3, n_boot=20, print_table=False)
     json.dumps(r)
-    assert set(r["methods"]) == set(METHODS)
+    assert set(r["methods"]) == set(METHODS) | set(BASELINES)
     for res in r["methods"].values():
         assert 0.0 <= res["pixel_auroc"]["value"] <= 1.0
-    assert "MCD - single (image)" in r["paired"]
-    assert "| MCD image (M=10) |" in r["table"]
-    maps = method_heatmaps(model, exams[0].volume, [1], m=3)
-    again = method_heatmaps(model, exams[0].volume, [1], m=3)
+        for metric in ("pixel_auroc", "pixel_ap", "sens@0.5fp", "sens@1fp", "sens@2fp",
+                       "sens@4fp"):
+            assert {"value", "lo", "hi"} <= set(res[metric])
+        assert res["pixel_auroc"]["lo"] <= res["pixel_auroc"]["hi"]
+    # what each row computed
+    spec = r["specs"]["MeanCD feature"]
+    assert (spec["rule"], spec["space"], spec["M"], spec["p"], spec["mode"]) == \
+        ("mean", "feature", 3, 0.5, "exact")
+    assert r["specs"]["single image"]["M"] == 1 and r["specs"]["single image"]["dropout"] is False
+    assert r["specs"]["DoG 1-8 mm"]["sigma_large_mm"] == 8.0
+    assert "MCD image: min of M=3, p=0.5, exact" in r["table"]
+    # whole volumes, DBTex rule
+    assert r["settings"]["whole_volumes"] and r["settings"]["n_slices_scored"] == 8
+    assert r["settings"]["hit_rule"] == "dbtex"
+    # every dropout rule minus each trivial baseline and minus the single completion
+    for rule in ("MCD image", "MeanCD image", "MCD feature", "MeanCD feature"):
+        space = rule.split()[1]
+        for other in [*BASELINES, f"single {space}"]:
+            d = r["paired"][f"{rule} - {other}"]["pixel_auroc"]
+            assert d["value"] == pytest.approx(r["methods"][rule]["pixel_auroc"]["value"]
+                                               - r["methods"][other]["pixel_auroc"]["value"])
+            assert d["lo"] <= d["hi"]
+    assert r["validation"] is None
+
+
+def test_compare_methods_with_validation_compares_with_the_chosen_baseline(tiny_setup) -> None:
+    from models.lab.phantom import make_phantom
+
+    model, exams = tiny_setup
+    val = [make_phantom(seed=s, lesions=1, slices=4, rows=64, cols=48, pixel_spacing_mm=0.8,
+                        lesion_diameter_mm=(8.0, 12.0)) for s in (50, 51)]
+    r = compare_methods(model, exams[:1], m=2, n_boot=5, print_table=False, validation=val,
+                        slices=lambda e: [0, 1], keep_heatmaps=True)
+    best = r["validation"]["best_baseline"]
+    assert best in r["validation"]["scores"]
+    assert sorted(r["paired"]) == sorted(
+        f"{rule} - {other}" for rule in ("MCD image", "MeanCD image", "MCD feature",
+                                         "MeanCD feature")
+        for other in (best, f"single {rule.split()[1]}"))
+    assert r["slices"] == [[0, 1]] and r["heatmaps"]["raw intensity"][0].shape == (2, 64, 48)
+    with pytest.raises(ValueError, match="hit_rule must be one of"):
+        compare_methods(model, exams, hit_rule="iou")
+
+
+def test_method_heatmaps_share_completions_and_batch_across_slices(tiny_setup) -> None:
+    model, exams = tiny_setup
+    vol = exams[0].volume
+    maps = method_heatmaps(model, vol, [1], m=3)
+    again = method_heatmaps(model, vol, [1], m=3)
+    whole = method_heatmaps(model, vol, m=3)  # batches mix windows of several slices
+    air = vol[1] <= model.card["tissue_level"]
     for k in METHODS:
         assert maps[k].shape == (1, 64, 48) and np.isfinite(maps[k]).all()
         np.testing.assert_array_equal(maps[k], again[k])
+        assert np.all(maps[k][0][air] == 0.0)
+        assert whole[k].shape == (4, 64, 48)
+    # without dropout the score of a window does not depend on its batch
+    for k in ("single image", "single feature"):
+        np.testing.assert_allclose(whole[k][1], maps[k][0], rtol=1e-5, atol=1e-5)
     # the minimum over completions never exceeds their mean (per window, hence per pixel)
     for space in ("image", "feature"):
-        assert np.all(maps[f"MCD {space} (M=10)"] <= maps[f"MeanCD {space} (M=10)"] + 1e-4)
+        assert np.all(maps[f"MCD {space}"] <= maps[f"MeanCD {space}"] + 1e-4)
+    only = method_heatmaps(model, vol, [1], m=3, methods=["single image"])
+    assert list(only) == ["single image"]
+    with pytest.raises(ValueError, match="unknown methods"):
+        method_heatmaps(model, vol, [1], methods=["MedCD image"])
 
 
 def test_slice_subset_keeps_z_distances() -> None:
@@ -139,17 +203,49 @@ def test_slice_subset_keeps_z_distances() -> None:
 
     exam = make_phantom(seed=3, lesions=1, slices=24, rows=160, cols=128, pixel_spacing_mm=0.4,
                         lesion_diameter_mm=(6.0, 8.0))
-    zc, yc, xc = (int(round(c)) for c in exam.lesions[0]["center_zyx"])
+    zc, yc, xc = (round(c) for c in exam.lesions[0]["center_zyx"])
     far = (zc + 12) % 24
     view = _SliceView(exam, sorted([zc, far]))
     assert len(view.lesions) == 1 and view.lesion_mask.shape == (2, 160, 128)
+    lo, hi = view.lesions[0]["slice_extent"]
+    assert lo <= zc <= hi and not lo <= far <= hi
     heat = np.zeros((2, 160, 128), np.float32)
     k_far = sorted([zc, far]).index(far)
     heat[k_far, yc, xc] = 1.0  # a detection right above the lesion, but 12 slices away
-    c = evaluate_cases([heat], [view])[0].candidates
-    assert c.lesion_index[c.scores > 0].tolist() == [-1]
+    for rule in ("mask_or_radius", "dbtex"):
+        c = evaluate_cases([heat], [view], hit_rule=rule)[0].candidates
+        assert c.lesion_index[c.scores > 0].tolist() == [-1]
     heat[1 - k_far, yc, xc] = 2.0  # and one on the lesion's own slice
-    c = evaluate_cases([heat], [view])[0].candidates
-    assert c.lesion_index[c.scores > 0].tolist() == [0, -1]
+    for rule in ("mask_or_radius", "dbtex"):
+        c = evaluate_cases([heat], [view], hit_rule=rule)[0].candidates
+        assert c.lesion_index[c.scores > 0].tolist() == [0, -1]
     # a lesion whose slices are not scored is dropped
     assert _SliceView(exam, [far]).lesions == []
+
+
+def test_whole_volume_fp_per_volume_with_dbtex_rule() -> None:
+    """Two whole volumes: false detections on any slice count, divided by 2 volumes."""
+    from models.lab.metrics import froc
+
+    pairs = [_case(s, perfect=True, n_les=1) for s in range(2)]
+    heats = []
+    for k, (heat, truth) in enumerate(pairs):
+        heat = np.full_like(heat, -1.0)
+        cz, cy, cx = truth.lesions[0]["center_zyx"]
+        heat[cz, cy, cx] = 10.0
+        for z in (0, 5):  # two false detections each, 22 mm from the lesion, on two slices
+            heat[z, 80, 80 - 60 * k] = 5.0 - z / 10
+        heats.append(heat)
+    cases = evaluate_cases(heats, [t for _, t in pairs], hit_rule="dbtex",
+                           min_distance_slices=1)
+    positive = [c.candidates.scores > 0 for c in cases]
+    assert [int((c.candidates.lesion_index[m] < 0).sum()) for c, m in zip(cases, positive)] \
+        == [2, 2]
+    assert [int((c.candidates.lesion_index[m] >= 0).sum()) for c, m in zip(cases, positive)] \
+        == [1, 1]
+    curve = froc([c.candidates for c in cases])
+    above = curve["thresholds"] > 0
+    # tied scores in both volumes: 2 false detections per threshold step, over 2 volumes
+    assert curve["fp_per_volume"][above].tolist() == [0.0, 1.0, 2.0]
+    sens = sensitivity_at([c.candidates for c in cases], (0.5, 2.0))
+    assert sens == {0.5: 1.0, 2.0: 1.0}

@@ -1,0 +1,1 @@
+"""Viewer test: the scored study in OHIF, in headless chromium."""
