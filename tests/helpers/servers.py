@@ -239,6 +239,28 @@ class NodeProcess:
                               timeout=120)
 
 
+def node_and_pacs(tmp_path: Path, orthanc_factory, **node_kwargs) -> tuple["NodeProcess", int, "Orthanc"]:
+    """A node process (not started) on a free port that sends to a fresh Orthanc, which
+    knows the node as modality ``picard``; returns ``(node, node_port, orthanc)``."""
+    node_port = free_port()
+    orthanc = orthanc_factory(modalities={"picard": ["PICARD", "127.0.0.1", node_port]})
+    node = NodeProcess(tmp_path / "node",
+                       destinations=[f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}"],
+                       **node_kwargs)
+    return node, node_port, orthanc
+
+
+def wait_for_node(predicate, timeout: float, what: str, node: "NodeProcess",
+                  step: float = 0.2) -> None:
+    """Poll `predicate` until true; on timeout fail with `what` and the node's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}\n{node.log()}")
+
+
 def storescu(port: int, files: list[Path], *, called_ae: str = "PICARD",
              calling_ae: str = "STORESCU", timeout: float = 120) -> subprocess.CompletedProcess:
     """Send files with dcmtk's ``storescu``.

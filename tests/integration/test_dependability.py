@@ -18,18 +18,9 @@ import pytest
 from dicom_node.outbox import Outbox
 from tests.helpers.exams import (PM_SOP_CLASS, SEG_SOP_CLASS, check_results, make_exam,
                                  wait_for_results)
-from tests.helpers.servers import NodeProcess, free_port, storescu
+from tests.helpers.servers import node_and_pacs, storescu, wait_for_node
 
 pytestmark = pytest.mark.integration
-
-
-def _node_and_pacs(tmp_path: Path, orthanc_factory, **node_kwargs):
-    node_port = free_port()
-    orthanc = orthanc_factory(modalities={"picard": ["PICARD", "127.0.0.1", node_port]})
-    node = NodeProcess(tmp_path / "node",
-                       destinations=[f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}"],
-                       **node_kwargs)
-    return node, node_port, orthanc
 
 
 def _delivery_markers(spool: Path) -> list[Path]:
@@ -43,17 +34,8 @@ def _deliveries(spool: Path) -> list[dict]:
     return [r for r in records if r.get("event") == "delivery" and r.get("outcome") == "delivered"]
 
 
-def _wait(predicate, timeout: float, what: str, node: NodeProcess, step: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}\n{node.log()}")
-
-
 def test_kill_worker_during_analyze_redelivers_once(tmp_path, orthanc_factory, redis_server):
-    node, port, orthanc = _node_and_pacs(
+    node, port, orthanc = node_and_pacs(
         tmp_path, orthanc_factory, broker_url=redis_server.url,
         extra_env={"PICARD_VISIBILITY_TIMEOUT_SECONDS": "8"})
     exam = make_exam(tmp_path / "exam", seed=21, slices=6, rows=192, cols=144)
@@ -62,7 +44,7 @@ def test_kill_worker_during_analyze_redelivers_once(tmp_path, orthanc_factory, r
         worker = node.start_worker()
         assert storescu(node.port, exam.files).returncode == 0
         worker_log = node.workdir / "worker0.log"
-        _wait(lambda: "picard.analyze" in worker_log.read_text(), 120, "analyze to start", node)
+        wait_for_node(lambda: "picard.analyze" in worker_log.read_text(), 120, "analyze to start", node)
         time.sleep(1.0)
         assert not list(node.spool.glob("results/*/result.json")), "analyze finished too soon"
         os.killpg(worker.pid, signal.SIGKILL)
@@ -76,7 +58,7 @@ def test_kill_worker_during_analyze_redelivers_once(tmp_path, orthanc_factory, r
 
 
 def test_kill_node_after_ack_processes_after_restart(tmp_path, orthanc_factory):
-    node, port, orthanc = _node_and_pacs(tmp_path, orthanc_factory)
+    node, port, orthanc = node_and_pacs(tmp_path, orthanc_factory)
     exam = make_exam(tmp_path / "exam", seed=22)
     try:
         node.start(port=port)
@@ -95,7 +77,7 @@ def test_kill_node_after_ack_processes_after_restart(tmp_path, orthanc_factory):
 
 
 def test_resent_identical_study_gives_no_second_results(tmp_path, orthanc_factory):
-    node, port, orthanc = _node_and_pacs(tmp_path, orthanc_factory)
+    node, port, orthanc = node_and_pacs(tmp_path, orthanc_factory)
     exam = make_exam(tmp_path / "exam", seed=25)
     try:
         node.start(port=port)
@@ -115,7 +97,7 @@ def test_resent_identical_study_gives_no_second_results(tmp_path, orthanc_factor
 
 
 def test_pacs_down_results_wait_in_outbox_then_arrive_once(tmp_path, orthanc_factory):
-    node, port, orthanc = _node_and_pacs(
+    node, port, orthanc = node_and_pacs(
         tmp_path, orthanc_factory,
         extra_env={"PICARD_EXPORT_RETRY_BASE_SECONDS": "1", "PICARD_EXPORT_RETRY_MAX_SECONDS": "3"})
     exam = make_exam(tmp_path / "exam", seed=23)
@@ -124,13 +106,13 @@ def test_pacs_down_results_wait_in_outbox_then_arrive_once(tmp_path, orthanc_fac
         node.start(port=port)
         assert storescu(node.port, exam.files).returncode == 0
         outbox = Outbox(node.spool)
-        _wait(lambda: any(e.attempts >= 2 for e in outbox.entries()), 400,
+        wait_for_node(lambda: any(e.attempts >= 2 for e in outbox.entries()), 400,
               "two failed export attempts", node)
         assert not _delivery_markers(node.spool)
         orthanc.start()
         results = wait_for_results(orthanc, exam, tmp_path / "from_pacs", timeout=120)
         check_results(results, exam)
-        _wait(lambda: not outbox.entries(), 30, "the outbox to empty", node)
+        wait_for_node(lambda: not outbox.entries(), 30, "the outbox to empty", node)
         assert len(_delivery_markers(node.spool)) == 1
         assert len(_deliveries(node.spool)) == 1
     finally:
@@ -138,7 +120,7 @@ def test_pacs_down_results_wait_in_outbox_then_arrive_once(tmp_path, orthanc_fac
 
 
 def test_dead_letter_and_outbox_retry(tmp_path, orthanc_factory):
-    node, port, orthanc = _node_and_pacs(
+    node, port, orthanc = node_and_pacs(
         tmp_path, orthanc_factory,
         extra_env={"PICARD_EXPORT_RETRY_BASE_SECONDS": "1", "PICARD_EXPORT_RETRY_MAX_SECONDS": "1",
                    "PICARD_DEAD_LETTER_AFTER_SECONDS": "3"})
@@ -148,7 +130,7 @@ def test_dead_letter_and_outbox_retry(tmp_path, orthanc_factory):
         node.start(port=port)
         assert storescu(node.port, exam.files).returncode == 0
         outbox = Outbox(node.spool)
-        _wait(lambda: any(e.state == "dead-letter" for e in outbox.entries()), 400,
+        wait_for_node(lambda: any(e.state == "dead-letter" for e in outbox.entries()), 400,
               "the result to be dead-lettered", node)
         orthanc.start()
         time.sleep(3)
@@ -171,7 +153,7 @@ def test_dead_letter_and_outbox_retry(tmp_path, orthanc_factory):
 
 
 def test_load_four_senders_five_exams_each(tmp_path, orthanc_factory):
-    node, port, orthanc = _node_and_pacs(tmp_path, orthanc_factory)
+    node, port, orthanc = node_and_pacs(tmp_path, orthanc_factory)
     exams = [[make_exam(tmp_path / f"s{s}" / f"e{e}", seed=100 + 10 * s + e, slices=3, rows=128,
                         cols=96) for e in range(5)] for s in range(4)]
     failures: list[str] = []

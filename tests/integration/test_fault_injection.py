@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom.sop_class import KeyObjectSelectionDocumentStorage
 
 from dicom_node.inventory import node_status
 from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
@@ -22,30 +23,12 @@ from tests.helpers.exams import (PM_SOP_CLASS, SEG_SOP_CLASS, check_results, mak
                                  wait_for_results)
 from tests.helpers.hostile_data import (INVALID_VALUE_CORPUS, damage, damage_file, mark_phi,
                                         phi_needles)
-from tests.helpers.servers import NodeProcess, free_port, storescu
+from tests.helpers.servers import NodeProcess, node_and_pacs, storescu, wait_for_node
 
 pytestmark = pytest.mark.integration
-KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+KOS_SOP_CLASS = KeyObjectSelectionDocumentStorage
 #: Small exams: scoring takes seconds on a CPU (the findings are not about scoring).
 SMALL = dict(slices=2, rows=96, cols=64)
-
-
-def _node_and_pacs(tmp_path: Path, orthanc_factory, **node_kwargs):
-    node_port = free_port()
-    orthanc = orthanc_factory(modalities={"picard": ["PICARD", "127.0.0.1", node_port]})
-    node = NodeProcess(tmp_path / "node",
-                       destinations=[f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}"],
-                       **node_kwargs)
-    return node, node_port, orthanc
-
-
-def _wait(predicate, timeout: float, what: str, node: NodeProcess, step: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}\n{node.log()}")
 
 
 def _failed_series(node: NodeProcess) -> set[str]:
@@ -81,7 +64,7 @@ def _alive(pid: int) -> bool:
 
 # --------------------------------------------------------------------------- finding 1
 def test_invalid_header_corpus_each_ends_delivered_or_listed(tmp_path, orthanc_factory):
-    node, port, orthanc = _node_and_pacs(tmp_path, orthanc_factory)
+    node, port, orthanc = node_and_pacs(tmp_path, orthanc_factory)
     exams = {}
     for i, (case, edits) in enumerate(sorted(INVALID_VALUE_CORPUS.items())):
         exam = make_exam(tmp_path / "exams" / case, seed=300 + i, **SMALL)
@@ -106,7 +89,7 @@ def test_invalid_header_corpus_each_ends_delivered_or_listed(tmp_path, orthanc_f
                     outcome[case] = "delivered"
             return len(outcome) == len(exams)
 
-        _wait(settled, 900, "every corpus exam delivered or listed", node, step=3)
+        wait_for_node(settled, 900, "every corpus exam delivered or listed", node, step=3)
         print(f"corpus outcomes: {outcome}")
         for case, how in outcome.items():
             if how == "delivered":
@@ -119,7 +102,7 @@ def test_invalid_header_corpus_each_ends_delivered_or_listed(tmp_path, orthanc_f
 
 # --------------------------------------------------------------------------- finding 2
 def test_no_phi_marker_in_any_log_audit_or_status(tmp_path, orthanc_factory):
-    node, port, orthanc = _node_and_pacs(tmp_path, orthanc_factory, log_level="debug")
+    node, port, orthanc = node_and_pacs(tmp_path, orthanc_factory, log_level="debug")
     valid = make_exam(tmp_path / "valid", seed=401, **SMALL)
     invalid = make_exam(tmp_path / "invalid", seed=402, **SMALL)
     unloadable = make_exam(tmp_path / "unloadable", seed=403, per_slice=True, **SMALL)
@@ -137,7 +120,7 @@ def test_no_phi_marker_in_any_log_audit_or_status(tmp_path, orthanc_factory):
             assert storescu(node.port, exam.files).returncode == 0
         for exam in (valid, invalid):
             check_results(wait_for_results(orthanc, exam, tmp_path / exam.series_uid), exam)
-        _wait(lambda: unloadable.series_uid in _failed_series(node), 300, "the quarantine",
+        wait_for_node(lambda: unloadable.series_uid in _failed_series(node), 300, "the quarantine",
               node)
         status = node.cli("status")
         outbox = node.cli("outbox", "list")
@@ -167,7 +150,7 @@ def test_no_phi_marker_in_any_log_audit_or_status(tmp_path, orthanc_factory):
 # --------------------------------------------------------------------------- finding 4
 def test_killed_embedded_worker_job_is_requeued_without_restarting_serve(tmp_path,
                                                                           orthanc_factory):
-    node, port, orthanc = _node_and_pacs(tmp_path, orthanc_factory)
+    node, port, orthanc = node_and_pacs(tmp_path, orthanc_factory)
     exam = make_exam(tmp_path / "exam", seed=411, slices=6, rows=192, cols=144)
     inflight = node.spool / "broker" / "inflight"
     try:
@@ -175,13 +158,13 @@ def test_killed_embedded_worker_job_is_requeued_without_restarting_serve(tmp_pat
         first_worker = node.worker_pid
         pool = _children(first_worker)
         assert storescu(node.port, exam.files).returncode == 0
-        _wait(lambda: any("picard.analyze" in p.read_text() for p in inflight.glob("*.json")),
+        wait_for_node(lambda: any("picard.analyze" in p.read_text() for p in inflight.glob("*.json")),
               120, "analyze to be in flight", node, step=0.1)
         time.sleep(1.0)
         assert not list(node.spool.glob("results/*/result.json")), "analyze finished too soon"
         os.kill(first_worker, signal.SIGKILL)
         for pid in pool:  # pool processes follow their worker (parent-death signal)
-            _wait(lambda: not _alive(pid), 15, f"pool process {pid} to die", node)
+            wait_for_node(lambda: not _alive(pid), 15, f"pool process {pid} to die", node)
         results = wait_for_results(orthanc, exam, tmp_path / "from_pacs", timeout=400)
         check_results(results, exam)
         assert node.proc.poll() is None  # serve never restarted
@@ -192,7 +175,7 @@ def test_killed_embedded_worker_job_is_requeued_without_restarting_serve(tmp_pat
 
 
 def test_killed_serve_takes_its_worker_and_a_second_serve_refuses(tmp_path, orthanc_factory):
-    node, port, _ = _node_and_pacs(tmp_path, orthanc_factory)
+    node, port, _ = node_and_pacs(tmp_path, orthanc_factory)
     twin = NodeProcess(tmp_path / "twin", destinations=[])
     twin.config_path.write_text(node.config_path.read_text())  # same spool
     try:
@@ -205,7 +188,7 @@ def test_killed_serve_takes_its_worker_and_a_second_serve_refuses(tmp_path, orth
         os.kill(node.proc.pid, signal.SIGKILL)  # serve only, not its process group
         node.proc.wait(10)
         for pid in family:
-            _wait(lambda: not _alive(pid), 15, f"process {pid} to die with serve", node)
+            wait_for_node(lambda: not _alive(pid), 15, f"process {pid} to die with serve", node)
         node.proc = None
         twin.start()  # the lock died with them
         assert twin.proc.poll() is None
@@ -216,7 +199,7 @@ def test_killed_serve_takes_its_worker_and_a_second_serve_refuses(tmp_path, orth
 
 # --------------------------------------------------------------------------- finding 6
 def test_rescored_per_slice_series_withdraws_the_first_result(tmp_path, orthanc_factory):
-    node, port, orthanc = _node_and_pacs(tmp_path, orthanc_factory, quiet_seconds=2.0)
+    node, port, orthanc = node_and_pacs(tmp_path, orthanc_factory, quiet_seconds=2.0)
     exam = make_exam(tmp_path / "exam", seed=421, per_slice=True, slices=6, rows=96, cols=64)
     first_half, second_half = exam.files[:3], exam.files[3:]
     try:
@@ -229,7 +212,7 @@ def test_rescored_per_slice_series_withdraws_the_first_result(tmp_path, orthanc_
         def withdrawn() -> bool:
             return KOS_SOP_CLASS in _classes_in_pacs(orthanc, exam.study_uid)
 
-        _wait(withdrawn, 400, "the rejection note in the PACS", node, step=2)
+        wait_for_node(withdrawn, 400, "the rejection note in the PACS", node, step=2)
         time.sleep(3)
         objects = {}
         for inst in orthanc.instances_of_study(exam.study_uid):
