@@ -239,7 +239,8 @@ class NodeProcess:
                               timeout=120)
 
 
-def node_and_pacs(tmp_path: Path, orthanc_factory, **node_kwargs) -> tuple["NodeProcess", int, "Orthanc"]:
+def node_and_pacs(tmp_path: Path, orthanc_factory,
+                  **node_kwargs) -> tuple["NodeProcess", int, "Orthanc"]:
     """A node process (not started) on a free port that sends to a fresh Orthanc, which
     knows the node as modality ``picard``; returns ``(node, node_port, orthanc)``."""
     node_port = free_port()

@@ -44,7 +44,8 @@ def test_kill_worker_during_analyze_redelivers_once(tmp_path, orthanc_factory, r
         worker = node.start_worker()
         assert storescu(node.port, exam.files).returncode == 0
         worker_log = node.workdir / "worker0.log"
-        wait_for_node(lambda: "picard.analyze" in worker_log.read_text(), 120, "analyze to start", node)
+        wait_for_node(lambda: "picard.analyze" in worker_log.read_text(), 120,
+                      "analyze to start", node)
         time.sleep(1.0)
         assert not list(node.spool.glob("results/*/result.json")), "analyze finished too soon"
         os.killpg(worker.pid, signal.SIGKILL)
