@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dicom_node.result_kinds import DEFAULT_KINDS, ResultKind, union
+
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming the YAML config file.
@@ -49,6 +51,12 @@ class Destination(BaseModel):
     tls_check_hostname : bool
         Check the peer's certificate name at all (the chain is verified regardless).
         Default ``True``; ``False`` for peers whose certificates name no host.
+    objects : list of ResultKind
+        Which result objects this peer gets (README, "What each viewer shows"). Default
+        ``["parametric-map", "segmentation", "findings-sr"]``; e.g. ``["key-images",
+        "key-object-selection", "mammography-cad-sr"]`` for a PACS viewer that shows
+        neither SEG nor Parametric Map. Others: ``expected-tissue``, ``spread-map``.
+        Rejection notes withdrawing an earlier result always go with them.
     """
 
     ae_title: str
@@ -60,6 +68,7 @@ class Destination(BaseModel):
     tls_key: Path | None = None
     tls_server_name: str | None = None
     tls_check_hostname: bool = True
+    objects: list[ResultKind] = Field(default_factory=lambda: list(DEFAULT_KINDS), min_length=1)
 
     @model_validator(mode="after")
     def _check_tls(self) -> "Destination":
@@ -70,6 +79,8 @@ class Destination(BaseModel):
                              "false; set tls: true")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError(f"destination {self.ae_title}: tls_cert and tls_key go together")
+        if len(set(self.objects)) != len(self.objects):
+            raise ValueError(f"destination {self.ae_title}: an object kind is named twice")
         return self
 
 
@@ -252,6 +263,14 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no broker URL is configured (embedded worker, on-disk broker)."""
         return self.broker_url is None
+
+    @property
+    def result_kinds(self) -> list[ResultKind]:
+        """The result objects to encode: every kind a destination wants (the default kinds
+        when no destination is configured)."""
+        if not self.destinations:
+            return list(DEFAULT_KINDS)
+        return union(d.objects for d in self.destinations)
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:

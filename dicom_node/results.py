@@ -3,9 +3,13 @@
 One folder per result under ``<spool>/results/<result_id>/``::
 
     heatmap.npy              scores on the source grid (stored orientation, source frame order)
+    spread.npy               completion spread on the same grid (exact mode only)
+    expected.npz             per finding frame: the slice with the model's nearest completion
+                             in the hole (0..1 intensity, stored orientation), and the hole
     result.json              summary; written last by analyze: its presence means "analyzed"
-    objects/<kind>_<uid>.dcm the encoded result objects
-    objects/.complete        their names; written last by encode: its presence means "encoded"
+    objects/<prefix>_<uid>.dcm  the encoded result objects (prefix: their kind,
+                             :mod:`dicom_node.result_kinds`; ``KO``: a rejection note)
+    objects/.complete        their names and the kinds encoded; written last by encode
     delivered/<AE>@<host>_<port>   one marker per destination that answered success
     superseded.json          a newer result of the same series replaces this one (never sent
                              again; withdrawn from the PACS by the newer one's rejection note)
@@ -40,6 +44,7 @@ from dicom_node.audit import AuditLog
 from dicom_node.config import Destination, Settings
 from dicom_node.outbox import Outbox, OutboxState
 from dicom_node.phi import describe_exception
+from dicom_node.result_kinds import DEFAULT_KINDS, ResultKind, kind_of, object_file_name
 from dicom_node.scu import ExportError, send_to_destination
 from dicom_node.spool import Spool, SpoolError, atomic_write_bytes
 
@@ -49,12 +54,36 @@ logger = logging.getLogger(__name__)
 RESULTS_DIR = "results"
 HEATMAP_FILE = "heatmap.npy"
 SUMMARY_FILE = "result.json"
+SPREAD_FILE = "spread.npy"
+EXPECTED_FILE = "expected.npz"
 OBJECTS_DIR = "objects"
 OBJECTS_COMPLETE = ".complete"
 DELIVERED_DIR = "delivered"
 SUPERSEDED_FILE = "superseded.json"
-#: File-name prefix of rejection notes (Key Object Selection, modality KO): sent last.
-REJECTION_NOTE_PREFIX = "KO_"
+
+
+@dataclass(frozen=True)
+class ExpectedTissue:
+    """What the model expected at the findings: source slices with the completion nearest
+    to the original pasted into the hole.
+
+    Attributes
+    ----------
+    frames : list of int
+        0-based source frames (source frame order).
+    images : numpy.ndarray
+        (n, rows, cols) float32, the slice intensity the model works on (0..1, stored value /
+        maximum), stored orientation.
+    holes : numpy.ndarray
+        (n, rows, cols) bool, the pixels the completion replaced.
+    distances : list of float
+        The chosen completion's distance to the original (the card's rule space).
+    """
+
+    frames: list[int]
+    images: np.ndarray
+    holes: np.ndarray
+    distances: list[float]
 
 
 def results_root(base_dir: Path | str) -> Path:
@@ -124,12 +153,26 @@ class ResultFolder:
         """Whether the analyze stage finished (the summary exists)."""
         return (self.path / SUMMARY_FILE).exists()
 
-    def write_analysis(self, heatmap: np.ndarray, summary: dict[str, Any]) -> None:
-        """Store the heatmap, then the summary (last: it marks the stage as done)."""
+    def write_analysis(self, heatmap: np.ndarray, summary: dict[str, Any], *,
+                       spread: np.ndarray | None = None,
+                       expected: ExpectedTissue | None = None) -> None:
+        """Store the heatmap (and the spread map and expected tissue when given), then the
+        summary (last: it marks the stage as done)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(heatmap, dtype=np.float32))
-        atomic_write_bytes(self.path / HEATMAP_FILE, buffer.getvalue())
+        arrays = {HEATMAP_FILE: np.asarray(heatmap, dtype=np.float32)}
+        if spread is not None:
+            arrays[SPREAD_FILE] = np.asarray(spread, dtype=np.float32)
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            atomic_write_bytes(self.path / name, buffer.getvalue())
+        if expected is not None:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, frames=np.asarray(expected.frames, dtype=np.int32),
+                                images=np.asarray(expected.images, dtype=np.float32),
+                                holes=np.asarray(expected.holes, dtype=bool),
+                                distances=np.asarray(expected.distances, dtype=np.float64))
+            atomic_write_bytes(self.path / EXPECTED_FILE, buffer.getvalue())
         atomic_write_bytes(self.path / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
 
     def summary(self) -> dict[str, Any]:
@@ -140,34 +183,82 @@ class ResultFolder:
         """The stored heatmap, (frames, rows, columns) float32."""
         return np.load(self.path / HEATMAP_FILE)
 
+    def spread(self) -> np.ndarray | None:
+        """The completion-spread map (like the heatmap), or None when not computed."""
+        path = self.path / SPREAD_FILE
+        return np.load(path) if path.exists() else None
+
+    def expected(self) -> ExpectedTissue | None:
+        """The model-expected tissue of the findings, or None when not computed."""
+        path = self.path / EXPECTED_FILE
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            return ExpectedTissue(frames=[int(f) for f in data["frames"]],
+                                  images=data["images"], holes=data["holes"],
+                                  distances=[float(d) for d in data["distances"]])
+
     # ------------------------------------------------------------------ encode
     @property
     def encoded(self) -> bool:
-        """Whether the encode stage finished."""
+        """Whether the encode stage finished (for the kinds in :meth:`encoded_kinds`)."""
         return (self.objects_dir / OBJECTS_COMPLETE).exists()
 
-    def write_objects(self, datasets: Sequence[Dataset]) -> list[Path]:
-        """Write the result objects, then the completion marker; returns their paths."""
+    def encoded_kinds(self) -> set[ResultKind]:
+        """The kinds the encode stage made (or found nothing to make for, e.g. key images
+        of a result without findings); empty before encoding."""
+        marker = self.objects_dir / OBJECTS_COMPLETE
+        if not marker.exists():
+            return set()
+        text = marker.read_text()
+        try:
+            return {ResultKind(k) for k in json.loads(text)["kinds"]}
+        except (ValueError, KeyError, TypeError):
+            return set(DEFAULT_KINDS)  # written before kinds were recorded
+
+    def write_objects(self, objects: Sequence[tuple[ResultKind | None, Dataset]],
+                      kinds: Iterable[ResultKind]) -> list[Path]:
+        """Write result objects, then the completion marker; returns all the objects' paths.
+
+        Objects already written stay (a later call adds kinds a new destination wants).
+
+        Parameters
+        ----------
+        objects : sequence of (ResultKind or None, pydicom.Dataset)
+            Each object with its kind (None: a rejection note), which names its file.
+        kinds : iterable of ResultKind
+            The kinds this call encoded, including those it found nothing to make for.
+        """
         self.objects_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for ds in datasets:
-            path = self.objects_dir / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
+        for kind, ds in objects:
+            path = self.objects_dir / object_file_name(kind, ds.SOPInstanceUID)
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
             atomic_write_bytes(path, buffer.getvalue())
-            paths.append(path)
+        done = self.encoded_kinds() | set(kinds)
+        paths = self.objects()
+        record = {"files": [p.name for p in paths],
+                  "kinds": [k.value for k in ResultKind if k in done]}
         atomic_write_bytes(self.objects_dir / OBJECTS_COMPLETE,
-                           "\n".join(p.name for p in paths).encode())
-        return sorted(paths)
+                           json.dumps(record, indent=1).encode())
+        return paths
 
-    def objects(self) -> list[Path]:
-        """The encoded result objects, sorted by name, rejection notes last."""
-        return sorted(self.objects_dir.glob("*.dcm"),
-                      key=lambda p: (p.name.startswith(REJECTION_NOTE_PREFIX), p.name))
+    def objects(self, kinds: Iterable[ResultKind] | None = None) -> list[Path]:
+        """The encoded result objects, sorted by name, rejection notes last.
+
+        Parameters
+        ----------
+        kinds : iterable of ResultKind, optional
+            Only objects of these kinds, plus every rejection note. Default: all.
+        """
+        wanted = None if kinds is None else set(kinds)
+        found = [p for p in self.objects_dir.glob("*.dcm")
+                 if wanted is None or kind_of(p) in wanted or kind_of(p) is None]
+        return sorted(found, key=lambda p: (kind_of(p) is None, p.name))
 
     def result_objects(self) -> list[Path]:
         """The encoded objects without rejection notes (what a newer result withdraws)."""
-        return [p for p in self.objects() if not p.name.startswith(REJECTION_NOTE_PREFIX)]
+        return [p for p in self.objects() if kind_of(p) is not None]
 
     # ------------------------------------------------------------------ superseded
     @property
@@ -378,11 +469,17 @@ def deliver(folder: ResultFolder, destinations: Sequence[Destination], *, spool_
                        folder.result_id)
         return DeliveryReport(folder.result_id, dead_letter=True, error=entry.last_error)
     audit = AuditLog(spool_dir)
-    objects = folder.objects()
-    uids = [_sop_instance_uid(p) for p in objects]
     sent = []
     for dest in destinations:
         if folder.delivered_to(dest):
+            continue
+        objects = folder.objects(dest.objects)
+        uids = [_sop_instance_uid(p) for p in objects]
+        if not objects:
+            logger.info("result %s has none of the objects %s takes (%s: none made, e.g. "
+                        "key images without findings); nothing sent", folder.result_id,
+                        dest.ae_title, ", ".join(k.value for k in dest.objects))
+            folder.mark_delivered(dest, [])
             continue
         try:
             send_to_destination(objects, dest, calling_ae_title=calling_ae_title)

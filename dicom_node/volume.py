@@ -314,6 +314,31 @@ def _decode(ds: Dataset, frames: int, rows: int, cols: int) -> np.ndarray:
     return arr
 
 
+def stored_values(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Undo :func:`load_series`'s normalisation: 0..1 intensity back to stored values.
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        Values as ``LoadedVolume.pixels`` holds them (0..1, MONOCHROME1 inverted).
+    ds : pydicom.Dataset
+        A source header (Bits Stored, Pixel Representation, Photometric Interpretation).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 stored values (before any Rescale Slope/Intercept), as decoded.
+    """
+    bits_stored = int(ds.BitsStored)
+    out = np.asarray(pixels, dtype=np.float32)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        out = 1.0 - out
+    out = out * float((1 << bits_stored) - 1)
+    if int(getattr(ds, "PixelRepresentation", 0)) == 1:
+        out -= float(1 << (bits_stored - 1))
+    return out
+
+
 def _normalise(arr: np.ndarray, ds: Dataset, bits_stored: int) -> np.ndarray:
     """Stored values to float32 in [0, 1]; MONOCHROME1 inverted."""
     vmax = float((1 << bits_stored) - 1)

@@ -5,12 +5,21 @@
 >>> heat = model.heatmap(slice_01)          # (H, W) MCD scores
 
 The core modules are :mod:`models.networks`, :mod:`models.picard`, :mod:`models.heatmap`,
-:mod:`models.fast` and :mod:`models.bundle`. Training, evaluation, benchmarks, synthetic
+:mod:`models.fast`, :mod:`models.bundle`, and the helpers :mod:`models.stream` (volumes),
+:mod:`models.settings` (card settings), :mod:`models.explain` (completion spread,
+expected completion) and :mod:`models.device`. Training, evaluation, benchmarks, synthetic
 phantoms and bundle making live in the lab wing :mod:`models.lab`, which imports the core;
 the core never imports the lab.
 """
 
-from models.bundle import default_bundle_path, import_official, read_bundle, write_bundle
+from models.bundle import (
+    default_bundle_path,
+    import_official,
+    read_bundle,
+    write_bundle,
+)
+from models.explain import ExpectedCompletion, VolumeScores
 from models.picard import Picard
 
-__all__ = ["Picard", "default_bundle_path", "import_official", "read_bundle", "write_bundle"]
+__all__ = ["ExpectedCompletion", "Picard", "VolumeScores", "default_bundle_path",
+           "import_official", "read_bundle", "write_bundle"]

@@ -29,12 +29,15 @@ from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HeatmapConfig", "INTENSITY_MODES", "SliceWindows", "WindowScorer", "centred_mask",
-           "fill_unscored", "normalize_windows", "prepare_slice", "sliding_window_heatmap",
-           "upsample_scores", "window_origins"]
+__all__ = ["INTENSITY_MODES", "HeatmapConfig", "SliceWindows", "WindowMapper", "WindowScorer",
+           "centred_mask", "denormalize_windows", "fill_unscored", "grid_heatmap", "hole_box",
+           "intensity_scale", "normalize_windows", "prepare_slice", "sliding_window_heatmap",
+           "sliding_window_maps", "upsample_scores", "window_origins"]
 
 #: (windows (B, 1, w, w) in [-1, 1], mask (1, 1, w, w)) -> scores (B,)
 WindowScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: (windows (B, 1, w, w) in image units, mask (1, 1, w, w)) -> values (B, C), C maps at once
+WindowMapper = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: ``fixed``: the image is already in [0, 1]; each window is mapped by 2x - 1 (official).
 #: ``window_minmax``: each window is first stretched to [0, 1] by its own min and max.
@@ -97,6 +100,21 @@ def centred_mask(window: int, hole: int, *, device: torch.device | str = "cpu") 
     return mask
 
 
+def hole_box(mask: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Bounding box ((y0, y1), (x0, x1)) of the one rectangular hole of every mask in a
+    (N, 1, H, W) batch; ValueError if the masks have no hole or holes that differ."""
+    union = mask.amax(dim=(0, 1)) > 0
+    if not union.any():
+        raise ValueError("mask has no hole pixels")
+    rows = torch.nonzero(union.any(dim=1)).flatten()
+    cols = torch.nonzero(union.any(dim=0)).flatten()
+    box = ((int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1))
+    inter = mask.amin(dim=(0, 1)) > 0
+    if int(inter.sum()) != (box[0][1] - box[0][0]) * (box[1][1] - box[1][0]):
+        raise ValueError("feature-space MCD needs one rectangular hole shared by the whole batch")
+    return box
+
+
 def window_origins(length: int, window: int, stride: int) -> np.ndarray:
     """Window start positions along one axis of a (padded) image.
 
@@ -130,6 +148,36 @@ def normalize_windows(windows: torch.Tensor, mode: str = "fixed") -> torch.Tenso
         scaled = (windows - lo) / torch.clamp(hi - lo, min=1e-6)
         return scaled * 2.0 - 1.0
     raise ValueError(f"intensity mode must be one of {INTENSITY_MODES}, got {mode!r}")
+
+
+def intensity_scale(windows: torch.Tensor, mode: str = "fixed") -> torch.Tensor:
+    """Image units per network unit of each window (B,): the slope of the inverse of
+    :func:`normalize_windows` (0.5 for ``fixed``; (max - min) / 2 for ``window_minmax``).
+
+    Parameters
+    ----------
+    windows : torch.Tensor
+        (B, 1, h, w) windows in image units, as passed to :func:`normalize_windows`.
+    mode : str
+        One of :data:`INTENSITY_MODES`.
+    """
+    if mode == "fixed":
+        return torch.full((windows.shape[0],), 0.5, dtype=windows.dtype, device=windows.device)
+    if mode == "window_minmax":
+        lo = windows.amin(dim=(1, 2, 3))
+        hi = windows.amax(dim=(1, 2, 3))
+        return torch.clamp(hi - lo, min=1e-6) * 0.5
+    raise ValueError(f"intensity mode must be one of {INTENSITY_MODES}, got {mode!r}")
+
+
+def denormalize_windows(network: torch.Tensor, windows: torch.Tensor,
+                        mode: str = "fixed") -> torch.Tensor:
+    """Map network-space values (B, 1, h, w) back to image units: the inverse of
+    :func:`normalize_windows` for the image-unit ``windows`` they were normalised from."""
+    scale = intensity_scale(windows, mode).view(-1, 1, 1, 1)
+    lo = (windows.amin(dim=(1, 2, 3), keepdim=True) if mode == "window_minmax"
+          else torch.zeros_like(scale))
+    return (network + 1.0) * scale + lo
 
 
 def upsample_scores(grid: np.ndarray, shape: tuple[int, int], *, window: int,
@@ -298,30 +346,76 @@ def sliding_window_heatmap(
         (H, W) float32 scores; where windows were skipped, the nearest scored window's
         score (see :func:`fill_unscored`).
     """
+    def mapper(windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = scorer(normalize_windows(windows, config.intensity), mask)
+        if scores.shape != (len(windows),):
+            raise ValueError(f"scorer returned shape {tuple(scores.shape)}, "
+                             f"expected ({len(windows)},)")
+        return scores[:, None]
+
+    return sliding_window_maps(image, mapper, config, channels=1, device=device,
+                               progress=progress, stats=stats)[0]
+
+
+def sliding_window_maps(
+    image: np.ndarray,
+    mapper: WindowMapper,
+    config: HeatmapConfig,
+    *,
+    channels: int,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    stats: dict[str, int] | None = None,
+) -> np.ndarray:
+    """:func:`sliding_window_heatmap` for ``channels`` per-window values computed together.
+
+    Every channel gets the heatmap treatment: the same windows, skipped air windows filled
+    from the nearest scored one, bicubic upsampling, cropping.
+
+    Parameters
+    ----------
+    image, config, device, progress, stats
+        As :func:`sliding_window_heatmap`.
+    mapper : callable
+        ``mapper(windows, mask) -> (B, channels)`` with windows (B, 1, w, w) in image
+        units (not normalised: the mapper normalises them itself).
+    channels : int
+        Values per window.
+
+    Returns
+    -------
+    np.ndarray
+        (channels, H, W) float32.
+    """
     cfg = config
     sw = prepare_slice(image, cfg, device=device)
     h, w = sw.shape
-    ph, pw = sw.padded.shape
-    grid = np.zeros(sw.fraction.shape, dtype=np.float32)
+    grid = np.zeros((channels, *sw.fraction.shape), dtype=np.float32)
     todo = np.argwhere(sw.fraction >= cfg.min_tissue_fraction)
     total = len(todo)
-    logger.debug("heatmap %dx%d: %d of %d windows scored", h, w, total, grid.size)
+    logger.debug("heatmap %dx%d: %d of %d windows scored", h, w, total, sw.fraction.size)
     if stats is not None:
-        stats["windows_total"] = stats.get("windows_total", 0) + int(grid.size)
+        stats["windows_total"] = stats.get("windows_total", 0) + int(sw.fraction.size)
         stats["windows_tissue"] = stats.get("windows_tissue", 0) + total
 
     mask = centred_mask(cfg.window, cfg.hole, device=device)
     for start in range(0, total, cfg.batch_size):
         idx = todo[start:start + cfg.batch_size]
-        batch = sw.windows(idx, cfg.window)
-        scores = scorer(normalize_windows(batch, cfg.intensity), mask)
-        if scores.shape != (len(idx),):
-            raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected ({len(idx)},)")
-        grid[idx[:, 0], idx[:, 1]] = scores.detach().float().cpu().numpy()
+        values = mapper(sw.windows(idx, cfg.window), mask)
+        if values.shape != (len(idx), channels):
+            raise ValueError(f"mapper returned shape {tuple(values.shape)}, "
+                             f"expected ({len(idx)}, {channels})")
+        grid[:, idx[:, 0], idx[:, 1]] = values.detach().float().cpu().numpy().T
         if progress is not None:
             progress(min(start + cfg.batch_size, total), total)
-    scored = np.zeros(grid.shape, dtype=bool)
-    scored[todo[:, 0], todo[:, 1]] = True
-    heat = upsample_scores(fill_unscored(grid, scored), (ph, pw), window=cfg.window,
-                           stride=cfg.stride)
-    return heat[:h, :w]
+    return np.stack([grid_heatmap(g, sw, cfg) for g in grid])
+
+
+def grid_heatmap(grid: np.ndarray, sw: SliceWindows, config: HeatmapConfig) -> np.ndarray:
+    """(H, W) float32 map of a window grid of ``sw``: windows below ``min_tissue_fraction``
+    take the nearest scored value (:func:`fill_unscored`), then bicubic upsampling
+    (:func:`upsample_scores`) and cropping of the padding."""
+    scored = sw.fraction >= config.min_tissue_fraction
+    heat = upsample_scores(fill_unscored(grid, scored), tuple(sw.padded.shape),
+                           window=config.window, stride=config.stride)
+    return heat[:sw.shape[0], :sw.shape[1]]

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,50 +24,21 @@ import torch
 import torch.nn.functional as F
 
 from models import bundle as _bundle
+from models import explain as _explain
 from models import fast as _fast
+from models import heatmap as _hm
+from models import settings as _settings
+from models import stream as _stream
+from models.device import resolve_device
+from models.explain import ExpectedCompletion, VolumeScores
 from models.fast import INFERENCE_KEYS, InferenceConfig, InferenceStats
-from models.heatmap import (HeatmapConfig, fill_unscored, prepare_slice, sliding_window_heatmap,
-                            upsample_scores)
 from models.networks import CompletionNetwork, Critic
+from models.settings import HEATMAP_OVERRIDES, REDUCTIONS, SPACES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Picard", "resolve_device", "HEATMAP_OVERRIDES", "INFERENCE_KEYS"]
-
-_DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
-SPACES = ("image", "feature")
-REDUCTIONS = ("min", "mean", "median")
-#: What each reduction over the M completion distances is called.
-RULE_NAMES = {"min": "minimum completion distance", "mean": "mean completion distance",
-              "median": "median completion distance"}
-
-#: keyword overrides accepted by :meth:`Picard.heatmap` and :meth:`Picard.score_volume`
-HEATMAP_OVERRIDES = ("window", "hole", "stride", "M", "p", "metric", "batch_size",
-                     "tissue_level", "min_tissue_fraction", "intensity", "dropout", "seed")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Validate a device string (``cpu``, ``cuda``, ``cuda:N`` or ``mps``) and check it exists.
-
-    Raises
-    ------
-    ValueError
-        For any other string, or a device this machine does not have.
-    """
-    name = str(device)
-    if not _DEVICE_PATTERN.match(name):
-        raise ValueError(f"device must be one of 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} requested but only "
-                             f"{torch.cuda.device_count()} CUDA device(s) exist")
-    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' requested but MPS is not available")
-    return torch.device(name)
-
+__all__ = ["HEATMAP_OVERRIDES", "INFERENCE_KEYS", "ExpectedCompletion", "Picard", "VolumeScores",
+           "resolve_device"]
 
 class Picard:
     """A PICARD model: completion network, critics and the model card.
@@ -277,12 +246,7 @@ class Picard:
         x, mask = self._check_inputs(windows, mask)
         comps = self.complete(x, mask, m, dropout, p=p, layers=layers)  # (N, M, 1, H, W)
         with torch.inference_mode():
-            dist = self._distances(x, mask, comps, space)
-            if reduce == "min":
-                return dist.min(dim=1).values
-            if reduce == "mean":
-                return dist.mean(dim=1)
-            return dist.median(dim=1).values
+            return _settings.reduce_distances(self._distances(x, mask, comps, space), reduce)
 
     def _distances(self, x: torch.Tensor, mask: torch.Tensor, comps: torch.Tensor,
                    space: str) -> torch.Tensor:
@@ -291,7 +255,7 @@ class Picard:
         if space == "image":
             diff = (comps - x.unsqueeze(1)) * mask.unsqueeze(1)
             return diff.flatten(2).norm(dim=2)
-        (y0, y1), (x0, x1) = _hole_box(mask)
+        (y0, y1), (x0, x1) = _hm.hole_box(mask)
         n = x.shape[0]
         real = self.critic_features(x[:, :, y0:y1, x0:x1])  # (N, D)
         fake = self.critic_features(comps.flatten(0, 1)[:, :, y0:y1, x0:x1])
@@ -346,34 +310,10 @@ class Picard:
             (1 in exact mode), ``window_px``, ``hole_px``, ``stride_px`` and
             ``pixel_spacing_mm`` (the model's grid).
         """
-        config, s = self._settings({})
-        icfg = self.inference_config(mode)
-        return {"rule": s["reduce"], "rule_name": RULE_NAMES[s["reduce"]], "space": s["space"],
-                "M": int(s["m"]), "p": float(s["p"]), "mode": icfg.mode,
-                "slice_step": icfg.slice_step if icfg.mode == "fast" else 1,
-                "window_px": config.window, "hole_px": config.hole, "stride_px": config.stride,
-                "pixel_spacing_mm": float(self.card["pixel_spacing_mm"])}
+        return _settings.scoring_description(self.card, self.inference_config(mode))
 
-    def _settings(self, overrides: dict[str, Any]) -> tuple[HeatmapConfig, dict[str, Any]]:
-        allowed = set(HEATMAP_OVERRIDES) | set(INFERENCE_KEYS)
-        unknown = set(overrides) - allowed
-        if unknown:
-            raise ValueError(f"unknown heatmap settings {sorted(unknown)}; "
-                             f"allowed: {list(HEATMAP_OVERRIDES) + list(INFERENCE_KEYS)}")
-        card = self.card
-        get = lambda key, default: overrides.get(key, default)  # noqa: E731
-        config = HeatmapConfig(
-            window=get("window", card["window"]), hole=get("hole", card["hole"]),
-            stride=get("stride", card["stride"]), batch_size=get("batch_size", card["batch_size"]),
-            tissue_level=get("tissue_level", card["tissue_level"]),
-            min_tissue_fraction=get("min_tissue_fraction", card["min_tissue_fraction"]),
-            intensity=get("intensity", card["intensity"]["mode"]),
-        )
-        space, reduce = _bundle.parse_metric(get("metric", card["metric"]))
-        scoring = {"m": get("M", card["M"]), "p": get("p", card["dropout"]["p"]),
-                   "dropout": get("dropout", True), "space": space, "reduce": reduce,
-                   "seed": get("seed", 0)}
-        return config, scoring
+    def _settings(self, overrides: dict[str, Any]) -> tuple[_hm.HeatmapConfig, dict[str, Any]]:
+        return _settings.scoring_settings(self.card, overrides)
 
     @contextlib.contextmanager
     def _seeded(self, seed: int | None) -> Iterator[None]:
@@ -417,54 +357,40 @@ class Picard:
                                config=icfg.as_dict())
         t0 = time.perf_counter()
         try:
-            return self._heatmap(image, icfg, stats, progress, overrides)
+            return self._heatmap(image, icfg, stats, progress, overrides)[0]
         finally:
             stats.seconds = time.perf_counter() - t0
             self.last_stats = stats
 
     def _heatmap(self, image: np.ndarray, icfg: InferenceConfig, stats: InferenceStats,
-                 progress: Callable[[int, int], None] | None,
-                 overrides: dict[str, Any]) -> np.ndarray:
-        # Bicubic upsampling spreads the scores of windows at the skin line into the air
-        # around the breast; air is not tissue that can be abnormal, so it scores 0 unless
-        # ``mask_background=False`` is passed.
+                 progress: Callable[[int, int], None] | None, overrides: dict[str, Any], *,
+                 spread: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(heatmap, completion spread or None) of one slice; spread only in exact mode."""
         overrides = dict(overrides)
         mask_background = bool(overrides.pop("mask_background", True))
-        heat = self._heatmap_unmasked(image, icfg, stats, progress, overrides)
-        if mask_background:
-            level = overrides.get("tissue_level", self.card["tissue_level"])
-            heat[np.asarray(image) <= level] = 0.0
-        return heat
-
-    def _heatmap_unmasked(self, image: np.ndarray, icfg: InferenceConfig, stats: InferenceStats,
-                          progress: Callable[[int, int], None] | None,
-                          overrides: dict[str, Any]) -> np.ndarray:
         config, s = self._settings(overrides)
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"image must be 2D (H, W), got shape {image.shape}")
         if config.intensity == "fixed" and image.size and (image.min() < -1e-6 or image.max() > 1 + 1e-6):
             raise ValueError(f"image values must lie in [0, 1], got [{image.min()}, {image.max()}]")
-
+        spread = spread and icfg.mode == "exact"
         timer = _fast.Timer(self.device)
-        if icfg.mode == "exact":
-            def scorer(windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                with timer():
-                    out = self.mcd(windows, mask, s["m"], s["dropout"], s["space"],
-                                   s["reduce"], p=s["p"])
-                stats.windows_computed += int(windows.shape[0])
-                stats.completions += int(windows.shape[0]) * s["m"]
-                return out
 
-            counts: dict[str, int] = {}
-            try:
-                with self._seeded(s["seed"]):
-                    return sliding_window_heatmap(image, scorer, config, device=self.device,
-                                                  progress=progress, stats=counts)
-            finally:
-                stats.windows_total += counts.get("windows_total", 0)
-                stats.windows_tissue += counts.get("windows_tissue", 0)
-                stats.generator_seconds += timer.seconds
+        def mapper(raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            # the score (as :meth:`mcd`) and the spread come from the same completions
+            with timer():
+                x, mask = self._check_inputs(_hm.normalize_windows(raw, config.intensity), mask)
+                comps = self.complete(x, mask, s["m"], s["dropout"], p=s["p"])
+                with torch.inference_mode():
+                    dist = self._distances(x, mask, comps, s["space"])
+                    cols = [_settings.reduce_distances(dist, s["reduce"])]
+                    if spread:
+                        scale = _hm.intensity_scale(raw, config.intensity).to(self.device)
+                        cols.append(_explain.completion_spread(comps, mask, scale))
+            stats.windows_computed += int(raw.shape[0])
+            stats.completions += int(raw.shape[0]) * s["m"]
+            return torch.stack(cols, dim=1)
 
         def sample_distances(windows: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
             with timer():
@@ -473,19 +399,31 @@ class Picard:
                                              share_conv1=icfg.share_conv1,
                                              compiled=icfg.compile)
 
+        counts: dict[str, int] = {}
         try:
-            with self._seeded(s["seed"]), _fast.runtime(self.generator, self.device, icfg):
-                sw = prepare_slice(image, config, device=self.device)
-                grid = _fast.fast_slice_grid(sw, sample_distances, config, icfg, m=s["m"],
-                                             reduce=s["reduce"], stats=stats,
-                                             device=self.device, progress=progress)
+            with self._seeded(s["seed"]):
+                if icfg.mode == "exact":
+                    maps = list(_hm.sliding_window_maps(image, mapper, config, channels=1 + spread,
+                                                        device=self.device, progress=progress,
+                                                        stats=counts))
+                else:
+                    with _fast.runtime(self.generator, self.device, icfg):
+                        sw = _hm.prepare_slice(image, config, device=self.device)
+                        grid = _fast.fast_slice_grid(sw, sample_distances, config, icfg,
+                                                     m=s["m"], reduce=s["reduce"], stats=stats,
+                                                     device=self.device, progress=progress)
+                    maps = [_hm.grid_heatmap(grid, sw, config)]
         finally:
+            stats.windows_total += counts.get("windows_total", 0)
+            stats.windows_tissue += counts.get("windows_tissue", 0)
             stats.generator_seconds += timer.seconds
-        ph, pw = sw.padded.shape
-        scored = sw.fraction >= config.min_tissue_fraction
-        heat = upsample_scores(fill_unscored(grid, scored), (ph, pw), window=config.window,
-                               stride=config.stride)
-        return heat[:sw.shape[0], :sw.shape[1]]
+        # Bicubic upsampling spreads the scores of windows at the skin line into the air
+        # around the breast; air is not tissue that can be abnormal, so it scores 0 unless
+        # ``mask_background=False`` is passed.
+        if mask_background:
+            for m in maps:
+                m[image <= config.tissue_level] = 0.0
+        return maps[0], (maps[1] if spread else None)
 
     def score_volume(self, volume: np.ndarray, *,
                      pixel_spacing_mm: float | tuple[float, float],
@@ -496,10 +434,10 @@ class Picard:
         """Heatmap of every slice of a volume, on the volume's own grid.
 
         Each scored slice is resampled (antialiased bilinear) from ``pixel_spacing_mm`` to
-        ``card["pixel_spacing_mm"]``, scored with :meth:`heatmap` and resampled back.
-        Slices are streamed: one is converted to float32 at a time (the next one is
-        prepared in a background thread with ``prefetch``); only the output is allocated
-        in full (or pass ``out``, e.g. a memory map).
+        ``card["pixel_spacing_mm"]``, scored with :meth:`heatmap` and resampled back
+        (:mod:`models.stream`). Slices are streamed: one is converted to float32 at a time
+        (the next one is prepared in a background thread with ``prefetch``); only the
+        output is allocated in full (or pass ``out``, e.g. a memory map).
 
         Parameters
         ----------
@@ -527,91 +465,133 @@ class Picard:
         np.ndarray
             (Z, H, W) float32. Work counters in :attr:`last_stats`.
         """
-        if volume.ndim != 3:
-            raise ValueError(f"volume must be (Z, H, W), got shape {volume.shape}")
+        return self._score_volume(volume, pixel_spacing_mm, progress, slice_step, mode,
+                                  value_scale, out, None, overrides, spread=False).heatmap
+
+    def score_volume_with_spread(
+            self, volume: np.ndarray, *, pixel_spacing_mm: float | tuple[float, float],
+            mode: str | None = None, progress: Callable[[int, int], None] | None = None,
+            slice_step: int | None = None, value_scale: float | None = None,
+            out: np.ndarray | None = None, spread_out: np.ndarray | None = None,
+            **overrides: Any) -> VolumeScores:
+        """:meth:`score_volume` plus the completion spread, from the same completions.
+
+        Spread of a window: mean over its hole of the per-pixel standard deviation across
+        its M completions, in slice intensity units (the [0, 1] scale the model scores, i.e.
+        stored value times ``value_scale``; :func:`models.explain.completion_spread`). It
+        is mapped onto the volume exactly like the scores (same windows, air filling,
+        upsampling, air pixels 0, resampling, interpolation of skipped slices).
+
+        Parameters
+        ----------
+        volume, pixel_spacing_mm, mode, progress, slice_step, value_scale, out, **overrides
+            As :meth:`score_volume`; ``heatmap`` equals its result for the same inputs.
+        spread_out : np.ndarray, optional
+            (Z, H, W) float32 array to write the spread into (exact mode).
+
+        Returns
+        -------
+        VolumeScores
+            ``spread`` is None in fast mode: there most windows get fewer than M samples
+            or are interpolated from a coarse grid, so no honest spread exists
+            (:meth:`spread_description` is None too).
+        """
+        return self._score_volume(volume, pixel_spacing_mm, progress, slice_step, mode,
+                                  value_scale, out, spread_out, overrides, spread=True)
+
+    def _score_volume(self, volume: np.ndarray, pixel_spacing_mm: float | tuple[float, float],
+                      progress: Callable[[int, int], None] | None, slice_step: int | None,
+                      mode: str | None, value_scale: float | None, out: np.ndarray | None,
+                      spread_out: np.ndarray | None, overrides: dict[str, Any], *,
+                      spread: bool) -> VolumeScores:
+        _stream.check_volume(volume, value_scale)
+        overrides = dict(overrides)
         switches = {k: overrides.pop(k) for k in list(overrides) if k in INFERENCE_KEYS}
         icfg = self.inference_config(mode, **switches)
         if slice_step is None:
             slice_step = icfg.slice_step if icfg.mode == "fast" else 1
-        if not isinstance(slice_step, int) or slice_step < 1:
-            raise ValueError(f"slice_step must be an integer >= 1, got {slice_step!r}")
-        if np.issubdtype(volume.dtype, np.integer) and value_scale is None:
-            raise ValueError(f"volume has integer dtype {volume.dtype}: pass value_scale "
-                             "(e.g. 1 / maximum stored value) to map it to [0, 1]")
-        if value_scale is not None and not value_scale > 0:
-            raise ValueError(f"value_scale must be > 0, got {value_scale!r}")
-        spacing = ((float(pixel_spacing_mm),) * 2 if np.isscalar(pixel_spacing_mm)
-                   else tuple(float(v) for v in pixel_spacing_mm))
-        if len(spacing) != 2 or min(spacing) <= 0:
-            raise ValueError(f"pixel_spacing_mm must be > 0 (row, col), got {pixel_spacing_mm!r}")
         self._settings(overrides)  # fail early on bad overrides
-        z, h, w = volume.shape
-        if out is None:
-            out = np.zeros((z, h, w), dtype=np.float32)
-        elif out.shape != volume.shape or out.dtype != np.float32:
-            raise ValueError(f"out must be float32 {volume.shape}, got {out.dtype} {out.shape}")
-        target = float(self.card["pixel_spacing_mm"])
-        size = (max(1, round(h * spacing[0] / target)), max(1, round(w * spacing[1] / target)))
-        scored = list(range(0, z, slice_step))
-        if scored and scored[-1] != z - 1:
-            scored.append(z - 1)
-        logger.info("scoring %d of %d slices (%s), %dx%d -> %dx%d px at %.3f mm", len(scored),
-                    z, icfg.mode, h, w, size[0], size[1], target)
-        config = icfg.as_dict()
-        config["slice_step"] = slice_step
-        stats = InferenceStats(mode=icfg.mode, slices_total=z, slices_scored=len(scored),
-                               config=config)
+        spread = spread and icfg.mode == "exact"
+        stats = InferenceStats(mode=icfg.mode, slices_total=volume.shape[0],
+                               config={**icfg.as_dict(), "slice_step": slice_step})
 
-        def load(k: int) -> np.ndarray:
-            img = np.asarray(volume[k], dtype=np.float32)
-            if value_scale is not None:
-                img = img * np.float32(value_scale)
-            return np.clip(_resample(img, size), 0.0, 1.0)
+        def slice_maps(img: np.ndarray) -> list[np.ndarray]:
+            stats.slices_scored += 1
+            heat, spr = self._heatmap(img, icfg, stats, None, overrides, spread=spread)
+            return [heat] if spr is None else [heat, spr]
 
         t0 = time.perf_counter()
-        pool = ThreadPoolExecutor(max_workers=1) if icfg.prefetch and len(scored) > 1 else None
         try:
-            pending = pool.submit(load, scored[0]) if pool and scored else None
-            prev: int | None = None
-            for done, k in enumerate(scored, start=1):
-                img = pending.result() if pending is not None else load(k)
-                if pool is not None and done < len(scored):
-                    pending = pool.submit(load, scored[done])
-                heat = self._heatmap(img, icfg, stats, None, dict(overrides))
-                out[k] = _resample(heat, (h, w))
-                if prev is not None and k - prev > 1:
-                    for j in range(prev + 1, k):
-                        t = (j - prev) / (k - prev)
-                        out[j] = (1.0 - t) * out[prev] + t * out[k]
-                prev = k
-                if progress is not None:
-                    progress(done, len(scored))
+            maps = _stream.map_volume(volume, slice_maps, [out, spread_out][:1 + spread],
+                                      pixel_spacing_mm=pixel_spacing_mm,
+                                      target_mm=float(self.card["pixel_spacing_mm"]),
+                                      slice_step=slice_step, value_scale=value_scale,
+                                      prefetch=icfg.prefetch, progress=progress)
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
             stats.seconds = time.perf_counter() - t0
             self.last_stats = stats
-        return out
+        return VolumeScores(heatmap=maps[0], spread=maps[1] if spread else None)
 
+    def spread_description(self, mode: str | None = None) -> dict[str, Any] | None:
+        """What :meth:`score_volume_with_spread` reports as ``spread``, for labels and records.
 
-def _hole_box(mask: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Bounding box ((y0, y1), (x0, x1)) shared by all masks of the batch."""
-    union = mask.amax(dim=(0, 1)) > 0
-    if not union.any():
-        raise ValueError("mask has no hole pixels")
-    rows = torch.nonzero(union.any(dim=1)).flatten()
-    cols = torch.nonzero(union.any(dim=0)).flatten()
-    box = ((int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1))
-    inter = mask.amin(dim=(0, 1)) > 0
-    if int(inter.sum()) != (box[0][1] - box[0][0]) * (box[1][1] - box[1][0]):
-        raise ValueError("feature-space MCD needs one rectangular hole shared by the whole batch")
-    return box
+        Returns
+        -------
+        dict or None
+            ``quantity``, ``statistic``, ``space`` (``image``: the spread is measured on
+            pixels whatever the scoring space), ``M``, ``p``, ``mode`` and ``units``;
+            None in fast mode, which computes no spread.
+        """
+        return _settings.spread_description(self.card, self.inference_config(mode))
 
+    def expected_completion(self, image: np.ndarray, center_rc: tuple[int, int], *,
+                            pixel_spacing_mm: float | tuple[float, float],
+                            m: int | None = None, seed: int = 0,
+                            value_scale: float | None = None) -> ExpectedCompletion:
+        """What the model expected at a finding: the nearest of M completions, pasted in.
 
-def _resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Antialiased bilinear resize of an (H, W) float32 array (no-op if the size matches)."""
-    if image.shape == tuple(size):
-        return image.astype(np.float32, copy=False)
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    r = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return r[0, 0].numpy()
+        The slice is brought to the model's grid as in :meth:`score_volume`; the window
+        centred on ``center_rc`` (shifted to lie inside the slice, so near the border the
+        hole is off-centre) has its hole completed ``m`` times with dropout on (card ``p``);
+        the completion nearest to the real content in the card's metric space (the
+        distance of MCD) is mapped back to the slice's units and grid. Pixels outside the
+        hole keep their input values exactly.
+
+        Parameters
+        ----------
+        image : np.ndarray
+            (H, W) slice in its stored units: [0, 1], or any values with ``value_scale``
+            (required for integer slices), as a slice of :meth:`score_volume`'s volume.
+        center_rc : (int, int)
+            Row and column of the finding on ``image``.
+        pixel_spacing_mm : float or (float, float)
+            In-plane spacing (row, column) of ``image``.
+        m : int, optional
+            Completions to draw; default the card's ``M``.
+        seed : int
+            Fixes the dropout draws.
+        value_scale : float, optional
+            Maps stored values to [0, 1] (as in :meth:`score_volume`).
+
+        Returns
+        -------
+        ExpectedCompletion
+            ``image`` (float32, input units), ``hole``, ``distance`` (network units, as MCD).
+        """
+        m = int(self.card["M"] if m is None else m)
+        if m < 1:
+            raise ValueError(f"m must be >= 1, got {m!r}")
+        config, s = self._settings({})
+
+        def sampler(window: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+            x, mk = self._check_inputs(window, mask)
+            with self._seeded(seed):
+                comps = self.complete(x, mk, m, True, p=s["p"])
+            with torch.inference_mode():
+                return comps, self._distances(x, mk, comps, s["space"])
+
+        return _explain.nearest_completion(image, center_rc, sampler, config,
+                                           pixel_spacing_mm=pixel_spacing_mm,
+                                           target_mm=float(self.card["pixel_spacing_mm"]),
+                                           value_scale=value_scale)

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,12 @@ import numpy as np
 import pydicom
 
 from dicom_node.config import Settings
-from dicom_node.encode import ScoreLabels, encode_results
+from dicom_node.encode import ScoreLabels, SpreadLabels, encode_result_objects, findings
 from dicom_node.encode.ko import encode_rejection_note
-from dicom_node.results import (DeliveryReport, ResultFolder, RetryPolicy, deliver, is_current,
-                                results_root, supersede_earlier)
-from dicom_node.volume import group_by_series, load_series, unflip
+from dicom_node.result_kinds import DEFAULT_KINDS, ResultKind
+from dicom_node.results import (DeliveryReport, ExpectedTissue, ResultFolder, RetryPolicy,
+                                deliver, is_current, results_root, supersede_earlier)
+from dicom_node.volume import group_by_series, load_series, stored_values, unflip
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +124,17 @@ def analyze(series_dir: Path, results_dir: Path, *, bundle: Path | None = None,
     started = time.monotonic()
     volume = load_series(paths)
     loaded = time.monotonic()
-    heatmap = model.score_volume(volume.pixels, pixel_spacing_mm=volume.pixel_spacing_mm,
-                                 mode=scoring["mode"])
-    heatmap = unflip(np.asarray(heatmap, dtype=np.float32), volume)
+    scores = model.score_volume_with_spread(volume.pixels,
+                                            pixel_spacing_mm=volume.pixel_spacing_mm,
+                                            mode=scoring["mode"])
+    heatmap = np.asarray(scores.heatmap, dtype=np.float32)
+    threshold = float(model.card["threshold"])
+    expected = expected_tissue(model, volume, heatmap, threshold)
+    heatmap = unflip(heatmap, volume)
+    spread = None if scores.spread is None else unflip(np.asarray(scores.spread, np.float32),
+                                                       volume)
     scored = time.monotonic()
 
-    threshold = float(model.card["threshold"])
     above = heatmap >= threshold
     summary = {
         "result_id": folder.result_id,
@@ -138,64 +145,153 @@ def analyze(series_dir: Path, results_dir: Path, *, bundle: Path | None = None,
         "shape": list(heatmap.shape),
         "model_version": version,
         "scoring": scoring,
+        "spread": model.spread_description(scoring["mode"]) if spread is not None else None,
         "threshold": threshold,
         "max_score": float(heatmap.max()) if heatmap.size else 0.0,
         "voxels_above_threshold": int(above.sum()),
         "frames_with_findings": [int(i) + 1 for i in np.flatnonzero(above.any(axis=(1, 2)))],
+        "expected_frames": [f + 1 for f in expected.frames],
         "seconds": {"load": round(loaded - started, 3), "score": round(scored - loaded, 3)},
     }
-    folder.write_analysis(heatmap, summary)
+    folder.write_analysis(heatmap, summary, spread=spread, expected=expected)
     logger.info("scored series %s in %.1f s: max %.4g, %d frames above threshold",
                 volume.series_uid, scored - started, summary["max_score"],
                 len(summary["frames_with_findings"]))
     return AnalyzeOutcome(folder, computed=True)
 
 
-def encode(result_dir: Path, *, spool_dir: Path | None = None) -> list[Path]:
-    """Write the DICOM result objects (Parametric Map, Segmentation, SR) of a result folder.
+#: Findings (highest score first) whose expected tissue is computed, and frames per finding.
+EXPECTED_FINDINGS = 5
 
-    With `spool_dir` (the node's path, not ``picard-node score``): a result whose series
-    changed after scoring is marked superseded and not encoded (returns ``[]``; a newer job
-    covers the series), and earlier results of the same series are withdrawn by an IOCM
-    rejection note written with this result's objects
-    (:func:`~dicom_node.encode.ko.encode_rejection_note`).
+
+def expected_tissue(model: Any, volume: Any, heatmap: np.ndarray,
+                    threshold: float) -> ExpectedTissue:
+    """What the model expected at each finding: its first, peak and last frame with the
+    completion nearest to the original pasted into the hole centred on the finding's peak.
+
+    Parameters
+    ----------
+    model : models.Picard
+        The model that scored the volume.
+    volume : LoadedVolume
+        The scored volume (loaded orientation).
+    heatmap : numpy.ndarray
+        Its scores, oriented like ``volume.pixels``.
+    threshold : float
+        Findings are the connected components at or above it.
+
+    Returns
+    -------
+    ExpectedTissue
+        Images and holes in the source's stored orientation (0..1 intensity); empty when
+        there is no finding. A frame shared by two findings is completed for the first.
+    """
+    images, holes, frames, distances = [], [], [], []
+    for finding in findings(heatmap, threshold, max_findings=EXPECTED_FINDINGS):
+        first, last = finding["frames"]
+        box = finding["box"]
+        centre = ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)
+        for frame in sorted({first, finding["frame"], last}):
+            if frame in frames:
+                continue
+            done = model.expected_completion(volume.pixels[frame], centre,
+                                             pixel_spacing_mm=volume.pixel_spacing_mm)
+            images.append(done.image)
+            holes.append(done.hole)
+            frames.append(frame)
+            distances.append(float(done.distance))
+    if not frames:
+        rows, cols = heatmap.shape[1:]
+        return ExpectedTissue([], np.zeros((0, rows, cols), np.float32),
+                              np.zeros((0, rows, cols), bool), [])
+    return ExpectedTissue(frames, unflip_slices(np.stack(images), volume),
+                          unflip_slices(np.stack(holes), volume), distances)
+
+
+def unflip_slices(slices: np.ndarray, volume: Any) -> np.ndarray:
+    """Slices (n, rows, cols) oriented like ``volume.pixels`` back to stored orientation."""
+    return np.ascontiguousarray(slices[..., ::-1]) if volume.flipped else slices
+
+
+def encode(result_dir: Path, *, spool_dir: Path | None = None,
+           kinds: Sequence[ResultKind] | None = None) -> list[Path]:
+    """Write the DICOM result objects of a result folder.
+
+    Parameters
+    ----------
+    result_dir : Path
+        An analyzed result folder.
+    spool_dir : Path, optional
+        The node's spool. With it, a result whose series changed after scoring is marked
+        superseded and not encoded (returns ``[]``; a newer job covers the series), and
+        earlier results of the same series are withdrawn by an IOCM rejection note written
+        with this result's objects (:func:`~dicom_node.encode.ko.encode_rejection_note`).
+        Without it (``picard-node score``) nothing is withdrawn.
+    kinds : sequence of ResultKind, optional
+        What to make (``Settings.result_kinds``: what the destinations take); default the
+        heatmap, segmentation and findings SR. Kinds an earlier call made are not made
+        again, so a destination added later gets its kinds on the next export.
+
+    Returns
+    -------
+    list of Path
+        Every object file of the result.
     """
     folder = ResultFolder(result_dir)
-    if folder.encoded:
+    wanted = list(kinds) if kinds is not None else list(DEFAULT_KINDS)
+    missing = [k for k in wanted if k not in folder.encoded_kinds()]
+    if folder.encoded and not missing:
         return folder.objects()
     if spool_dir is not None and not is_current(folder, spool_dir):
         folder.mark_superseded(None, "the series changed after scoring; a newer job covers it")
         return []
     summary = folder.summary()
+    pixels = None
+    if any(k.needs_source_pixels for k in missing):
+        source = load_series([Path(p) for p in summary["sources"]])
+        pixels = stored_values(unflip(source.pixels, source), source.source_datasets[0])
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in summary["sources"]]
-    datasets = encode_results(sources, folder.heatmap(), threshold=summary["threshold"],
-                              model_version=summary["model_version"],
-                              output_uid_seed=summary["result_id"],
-                              laterality=summary["laterality"], include_sr=True,
-                              labels=ScoreLabels.from_summary(summary.get("scoring")))
-    withdrawn = supersede_earlier(folder) if spool_dir is not None else []
+    spread_entry = summary.get("spread")
+    objects: list[tuple[ResultKind | None, Any]] = list(encode_result_objects(
+        missing, sources, folder.heatmap(), threshold=summary["threshold"],
+        model_version=summary["model_version"], output_uid_seed=summary["result_id"],
+        laterality=summary["laterality"],
+        labels=ScoreLabels.from_summary(summary.get("scoring")), source_pixels=pixels,
+        spread=folder.spread(),
+        spread_labels=SpreadLabels.from_summary(spread_entry) if spread_entry else None,
+        expected=folder.expected()))
+    withdrawn = supersede_earlier(folder) if spool_dir is not None and not folder.encoded else []
     if withdrawn:
-        datasets.append(encode_rejection_note(withdrawn, output_uid_seed=summary["result_id"]))
+        objects.append((None, encode_rejection_note(withdrawn,
+                                                    output_uid_seed=summary["result_id"])))
         logger.info("result %s withdraws %d earlier objects of its series", folder.result_id,
                     len(withdrawn))
-    paths = folder.write_objects(datasets)
-    logger.info("encoded %d result objects for %s", len(paths), folder.result_id)
+    paths = folder.write_objects(objects, missing)
+    logger.info("encoded %d result objects (%s) for %s", len(objects),
+                ", ".join(k.value for k in missing), folder.result_id)
     return paths
 
 
 def export(result_dir: Path, settings: Settings, *, job_id: str | None = None) -> DeliveryReport:
-    """Send a result's objects to the configured destinations (see :func:`deliver`)."""
-    return deliver(ResultFolder(result_dir), settings.destinations,
+    """Send a result's objects to the configured destinations, each the kinds it takes
+    (see :func:`deliver`). Kinds a destination takes that were not encoded yet (it was
+    added to the configuration later) are encoded first."""
+    folder = ResultFolder(result_dir)
+    if folder.superseded is None and set(settings.result_kinds) - folder.encoded_kinds():
+        encode(folder.path, spool_dir=Path(settings.spool_dir), kinds=settings.result_kinds)
+    return deliver(folder, settings.destinations,
                    spool_dir=Path(settings.spool_dir), calling_ae_title=settings.ae_title,
                    policy=RetryPolicy.from_settings(settings), job_id=job_id)
 
 
 def run_offline(inputs: list[Path], out_dir: Path, *, bundle: Path | None = None,
-                device: str = "cpu", mode: str | None = None) -> list[Path]:
+                device: str = "cpu", mode: str | None = None,
+                kinds: Sequence[ResultKind] | None = None) -> list[Path]:
     """Analyze and encode files or folders with no network (``picard-node score``).
 
     Inputs are grouped by Series Instance UID; each series gets a result folder under
-    ``out_dir``. Returns the result folders.
+    ``out_dir`` with the objects of `kinds` (default: heatmap, segmentation, findings SR).
+    Returns the result folders.
     """
     groups = group_by_series(inputs)
     if not groups:
@@ -210,6 +306,6 @@ def run_offline(inputs: list[Path], out_dir: Path, *, bundle: Path | None = None
                 os.symlink(f.resolve(), link)
         outcome = analyze(staging, results_root(out_dir), bundle=bundle, device=device,
                           mode=mode)
-        encode(outcome.result_dir)
+        encode(outcome.result_dir, kinds=kinds)
         results.append(outcome.result_dir)
     return results

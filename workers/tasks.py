@@ -117,7 +117,9 @@ def encode(self: Task, result_dir: str) -> str:
     Earlier results of the same series are withdrawn by a rejection note encoded with this
     one; a result whose series changed after scoring is not encoded (a newer job covers it).
     """
-    pipeline.encode(Path(result_dir), spool_dir=Path(_settings().spool_dir))
+    settings = _settings()
+    pipeline.encode(Path(result_dir), spool_dir=Path(settings.spool_dir),
+                    kinds=settings.result_kinds)
     return result_dir
 
 

@@ -35,6 +35,8 @@ objects' UIDs (idempotent export). Every object passes ``dciodvfy`` with no erro
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -45,17 +47,21 @@ from dicom_node.encode.common import (
     source_grid,
     source_laterality,
 )
+from dicom_node.encode.labels import ScoreLabels, SpreadLabels
 from dicom_node.encode.pm import display_range, encode_parametric_map, order_along_normal
-from dicom_node.encode.sanitize import REQUIRED_TYPE2, Repair, clean_source_headers
+from dicom_node.encode.sanitize import clean_source_headers
 from dicom_node.encode.seg import encode_segmentation
-from dicom_node.encode.labels import ScoreLabels
 from dicom_node.encode.sr import MAMMOGRAPHY, encode_sr, findings
+from dicom_node.result_kinds import ResultKind
+from dicom_node.volume import stored_values
 
 __all__ = [
     "MAMMOGRAPHY",
     "ScoreLabels",
+    "SpreadLabels",
     "display_range",
     "encode_parametric_map",
+    "encode_result_objects",
     "encode_results",
     "encode_segmentation",
     "encode_sr",
@@ -130,28 +136,130 @@ def encode_results(
     invalid values in attributes the objects copy are repaired or removed with a warning
     naming the tag, so a source the PACS accepted always yields a result.
     """
-    source_datasets, _ = clean_source_headers(source_datasets)
-    common = dict(
-        model_name=model_name,
-        model_version=model_version,
-        output_uid_seed=output_uid_seed,
-        labels=labels,
-        created=_dt.datetime.now(),
-    )
-    pm = encode_parametric_map(
-        source_datasets, heatmap, series_number=series_number_base, laterality=laterality,
-        threshold=threshold, **common,
-    )
-    seg = encode_segmentation(
-        source_datasets, heatmap, threshold=threshold, series_number=series_number_base + 1,
-        **common,
-    )
-    out: list[Dataset] = [pm, seg]
+    kinds = [ResultKind.PARAMETRIC_MAP, ResultKind.SEGMENTATION]
     if include_sr:
-        sr = encode_sr(
-            source_datasets, heatmap, threshold=threshold, series_number=series_number_base + 2,
-            **common,
-        )
-        if sr is not None:
-            out.append(sr)
+        kinds.append(ResultKind.FINDINGS_SR)
+    objects = encode_result_objects(
+        kinds, source_datasets, heatmap, threshold=threshold, model_name=model_name,
+        model_version=model_version, output_uid_seed=output_uid_seed,
+        series_number_base=series_number_base, laterality=laterality, labels=labels)
+    return [ds for _, ds in objects]
+
+
+#: Series numbers of the result objects: ``series_number_base + offset``.
+SERIES_OFFSETS = {
+    ResultKind.PARAMETRIC_MAP: 0, ResultKind.SEGMENTATION: 1, ResultKind.FINDINGS_SR: 2,
+    ResultKind.KEY_IMAGES: 3, ResultKind.KEY_OBJECT_SELECTION: 4,
+    ResultKind.MAMMOGRAPHY_CAD_SR: 5, ResultKind.EXPECTED_TISSUE: 6, ResultKind.SPREAD_MAP: 7,
+}
+
+
+def encode_result_objects(
+    kinds: Sequence[ResultKind],
+    source_datasets: list[Dataset],
+    heatmap: np.ndarray,
+    *,
+    threshold: float,
+    model_name: str = "PICARD",
+    model_version: str,
+    output_uid_seed: str,
+    series_number_base: int = 900,
+    laterality: str | None = None,
+    labels: ScoreLabels | None = None,
+    source_pixels: np.ndarray | None = None,
+    spread: np.ndarray | None = None,
+    spread_labels: SpreadLabels | None = None,
+    expected: Any = None,
+) -> list[tuple[ResultKind, Dataset]]:
+    """Encode the result objects of the given kinds, each with its kind.
+
+    Parameters
+    ----------
+    kinds : sequence of ResultKind
+        What to make (a destination's ``objects``, or their union).
+    source_datasets, heatmap, threshold, model_name, model_version, output_uid_seed, laterality, labels
+        As for :func:`encode_results`.
+    series_number_base : int
+        Series numbers are ``base + SERIES_OFFSETS[kind]``. Default 900.
+    source_pixels : numpy.ndarray, optional
+        (frames, rows, cols) source pixels in stored units, stored orientation, source frame
+        order; needed for key images and the expected-tissue series.
+    spread : numpy.ndarray, optional
+        Completion-spread map on the source grid; needed for the spread map.
+    spread_labels : SpreadLabels, optional
+        What the spread is (M, p, mode).
+    expected : ExpectedTissue, optional
+        :class:`~dicom_node.results.ExpectedTissue` with images in 0..1 (scaled to stored
+        units here, like `source_pixels`); needed for the expected-tissue series.
+
+    Returns
+    -------
+    list of (ResultKind, pydicom.Dataset)
+        Kinds with nothing to show (key images without findings, a spread map that was not
+        computed) give no object; the Mammography CAD SR is always made.
+
+    Raises
+    ------
+    ValueError
+        If a kind needs an input that is missing (source pixels), or the heatmap does not
+        match the source grid.
+    """
+    kinds = list(dict.fromkeys(ResultKind(k) for k in kinds))
+    if source_pixels is None and any(k.needs_source_pixels for k in kinds):
+        raise ValueError("key images need the source pixels")
+    source_datasets, _ = clean_source_headers(source_datasets)
+    created = _dt.datetime.now()
+    common = dict(model_name=model_name, model_version=model_version,
+                  output_uid_seed=output_uid_seed, created=created)
+    number = {k: series_number_base + off for k, off in SERIES_OFFSETS.items()}
+    out: list[tuple[ResultKind, Dataset]] = []
+    for kind in kinds:
+        if kind is ResultKind.PARAMETRIC_MAP:
+            out.append((kind, encode_parametric_map(
+                source_datasets, heatmap, series_number=number[kind], laterality=laterality,
+                threshold=threshold, labels=labels, **common)))
+        elif kind is ResultKind.SEGMENTATION:
+            out.append((kind, encode_segmentation(
+                source_datasets, heatmap, threshold=threshold, series_number=number[kind],
+                labels=labels, **common)))
+        elif kind is ResultKind.FINDINGS_SR:
+            sr = encode_sr(source_datasets, heatmap, threshold=threshold,
+                           series_number=number[kind], labels=labels, **common)
+            if sr is not None:
+                out.append((kind, sr))
+        elif kind is ResultKind.MAMMOGRAPHY_CAD_SR:
+            from dicom_node.encode.cad_sr import encode_mammography_cad_sr
+
+            out.append((kind, encode_mammography_cad_sr(
+                source_datasets, heatmap, threshold=threshold, series_number=number[kind],
+                labels=labels, **common)))
+        elif kind is ResultKind.KEY_IMAGES:
+            from dicom_node.encode.keyimages import encode_key_images
+
+            out.extend((kind, ds) for ds in encode_key_images(
+                source_datasets, source_pixels, heatmap, threshold=threshold, labels=labels,
+                series_number=number[kind], **common))
+        elif kind is ResultKind.KEY_OBJECT_SELECTION:
+            # the source frames only: every destination has them, while the key images go
+            # only where configured
+            frames = sorted({f["frame"] for f in findings(heatmap, threshold)})
+            if frames:
+                from dicom_node.encode.keyimages import encode_key_object_selection
+
+                out.append((kind, encode_key_object_selection(
+                    source_datasets, [], frames, series_number=number[kind], **common)))
+        elif kind is ResultKind.EXPECTED_TISSUE:
+            if expected is not None and len(expected.frames):
+                from dicom_node.encode.expected import encode_expected_series
+
+                images = stored_values(expected.images, source_datasets[0])
+                out.extend((kind, ds) for ds in encode_expected_series(
+                    source_datasets, images, expected.frames,
+                    np.asarray(expected.holes), labels=labels, series_number=number[kind],
+                    **common))
+        elif kind is ResultKind.SPREAD_MAP:
+            if spread is not None:
+                out.append((kind, encode_parametric_map(
+                    source_datasets, spread, series_number=number[kind], laterality=laterality,
+                    threshold=None, labels=spread_labels, kind="spread", **common)))
     return out

@@ -29,6 +29,12 @@ PREDICTION_RGB: tuple[int, int, int] = (255, 0, 255)
 #: sRGB colour of the ground-truth segment of synthetic exams (green).
 TRUTH_RGB: tuple[int, int, int] = (0, 200, 0)
 
+#: Series kinds of the burned-in objects for viewers without SEG/PM support:
+#: "PICARD key images (...)", "PICARD key objects (...)", "PICARD expected (...)".
+KEY_IMAGES_KIND = "key images"
+KEY_OBJECTS_KIND = "key objects"
+EXPECTED_KIND = "expected"
+
 #: Longest Series Description (VR LO).
 _LO_MAX = 64
 

@@ -41,7 +41,7 @@ def encode_rejection_note(
     *,
     output_uid_seed: str,
     model_name: str = "PICARD",
-    series_number: int = 903,
+    series_number: int = 999,
     title: Code = REJECTED_FOR_QUALITY_REASONS,
 ) -> hd.ko.KeyObjectSelectionDocument:
     """A Key Object Selection document that rejects `rejected` (IHE IOCM rejection note).
@@ -57,7 +57,7 @@ def encode_rejection_note(
     model_name : str
         Written in the Key Object Description. Default ``"PICARD"``.
     series_number : int
-        Series Number. Default 903.
+        Series Number. Default 999 (after every result series, see ``encode.SERIES_OFFSETS``).
     title : pydicom.sr.coding.Code
         Document title from CID 7011. Default :data:`REJECTED_FOR_QUALITY_REASONS`.
 

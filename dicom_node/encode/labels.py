@@ -123,3 +123,58 @@ class ScoreLabels:
         if threshold is not None:
             params["threshold"] = _number(threshold)
         return params
+
+
+#: Unit of the completion spread: the slice intensity the model works on (stored value /
+#: maximum), dimensionless.
+SPREAD_UNIT = Code("{intensity}", "UCUM", "slice intensity")
+
+
+@dataclass(frozen=True)
+class SpreadLabels:
+    """Names of the completion-spread map (how much the M dropout completions disagree).
+
+    Built from the result summary's ``spread`` entry (``Picard.spread_description``).
+
+    Attributes
+    ----------
+    statistic : str
+        What was computed per window, e.g. "mean over the hole of the per-pixel standard
+        deviation over M completions".
+    space : str
+        ``image`` (the completions' pixels).
+    m : int
+        Completions per window.
+    p : float
+        Dropout probability.
+    mode : str
+        ``exact`` or ``fast``.
+    """
+
+    statistic: str
+    space: str
+    m: int
+    p: float
+    mode: str
+
+    @classmethod
+    def from_summary(cls, spread: Mapping[str, Any]) -> SpreadLabels:
+        """From the ``spread`` entry of a result summary."""
+        return cls(statistic=str(spread["statistic"]), space=str(spread.get("space", "image")),
+                   m=int(spread["M"]), p=float(spread["p"]), mode=str(spread["mode"]))
+
+    @property
+    def content_label(self) -> str:
+        """Code string (CS, <= 16), e.g. ``SPREAD_SD_M10``."""
+        return f"SPREAD_SD_M{self.m}"[:16]
+
+    @property
+    def description(self) -> str:
+        """One line (LO, <= 64), e.g. ``completion spread (SD), M=10 p=0.5, exact``."""
+        return f"completion spread (SD of M completions), M={self.m} p={_number(self.p)}, " \
+               f"{self.mode}"[:64]
+
+    @property
+    def short(self) -> str:
+        """A few words, e.g. ``SD of M=10, exact``."""
+        return f"SD of M={self.m}, {self.mode}"

@@ -37,7 +37,7 @@ from dicom_node.encode.common import (
     source_laterality,
 )
 from dicom_node.encode.display import SCORE_UNIT, series_description, stamp_series
-from dicom_node.encode.labels import ScoreLabels
+from dicom_node.encode.labels import SPREAD_UNIT, ScoreLabels, SpreadLabels
 
 
 def display_range(heatmap: np.ndarray, threshold: float | None) -> tuple[float, float]:
@@ -147,8 +147,9 @@ def encode_parametric_map(
     series_number: int = 900,
     laterality: str | None = None,
     threshold: float | None = None,
-    labels: ScoreLabels | None = None,
+    labels: ScoreLabels | SpreadLabels | None = None,
     created: _dt.datetime | None = None,
+    kind: str = "heatmap",
 ) -> hd.pm.ParametricMap:
     """Heatmap as a float32 Parametric Map with a Real World Value Mapping to scores.
 
@@ -170,11 +171,14 @@ def encode_parametric_map(
     threshold : float or None
         SEG threshold: stored 0 is half of it, stored 1 the highest score (at least the
         threshold), see :func:`display_range`. Default ``None``: the map's own range.
-    labels : ScoreLabels, optional
-        What the scores are (rule, space, M, p, mode): content label, description and
-        the real-world value mapping's label and explanation. Default: "not recorded".
+    labels : ScoreLabels or SpreadLabels, optional
+        What the values are (rule, space, M, p, mode): content label, description and
+        the real-world value mapping's label, explanation and unit. Default: scores,
+        "not recorded".
     created : datetime.datetime, optional
         Series Date and Time; default now.
+    kind : str
+        Second word of the series description: ``"heatmap"`` (default) or ``"spread"``.
 
     Returns
     -------
@@ -187,10 +191,11 @@ def encode_parametric_map(
     lo, hi = display_range(heat, threshold)
     stored, slope, intercept = _scale(heat, lo, hi)
     labels = labels or ScoreLabels()
+    uid_kind = "pm" if kind == "heatmap" else f"pm-{kind}"  # the heatmap's UIDs as before
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=labels.content_label,
         lut_explanation=labels.description,
-        unit=SCORE_UNIT,
+        unit=SPREAD_UNIT if isinstance(labels, SpreadLabels) else SCORE_UNIT,
         value_range=(min(float(stored.min()), 0.0), max(float(stored.max()), 1.0)),
         slope=slope,
         intercept=intercept,
@@ -198,16 +203,16 @@ def encode_parametric_map(
     pm = hd.pm.ParametricMap(
         source_images=list(source_datasets),
         pixel_array=stored,
-        **series_and_device("pm", output_uid_seed, series_number, model_name, model_version),
+        **series_and_device(uid_kind, output_uid_seed, series_number, model_name, model_version),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
         content_label=labels.content_label,
         content_description=labels.description,
-        series_description=series_description(model_name, "heatmap", labels.short),
+        series_description=series_description(model_name, kind, labels.short),
     )
     _set_frame_laterality(pm, laterality)
     order_along_normal(pm)
-    fix_dimension_uids(pm, output_uid(output_uid_seed, "pm", "dimension-organization"))
+    fix_dimension_uids(pm, output_uid(output_uid_seed, uid_kind, "dimension-organization"))
     stamp_series(pm, created or _dt.datetime.now())
     return pm

@@ -10,7 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.encode import REQUIRED_TYPE2, clean_source_headers, encode_results
+from dicom_node.encode import encode_results
+from dicom_node.encode.sanitize import REQUIRED_TYPE2, clean_source_headers
 from dicom_node.encode.ko import encode_rejection_note
 from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
 from dicom_node.standins.synthetic import write_bto

@@ -12,7 +12,7 @@ from pydicom.uid import JPEG2000Lossless, MultiFrameGrayscaleWordSecondaryCaptur
 
 from dicom_node.standins.synthetic import write_bto
 from dicom_node.laterality import chest_wall_side
-from dicom_node.volume import VolumeError, load_series, unflip
+from dicom_node.volume import VolumeError, load_series, stored_values, unflip
 from tests.helpers.dicom_data import breast_volume
 
 QUANT = 0.5 / 4095 + 1e-6
@@ -109,6 +109,10 @@ def test_monochrome1_inverted(tmp_path: Path) -> None:
     loaded = load_series(paths)
     assert not loaded.flipped
     np.testing.assert_allclose(loaded.pixels, vol, atol=QUANT)
+    # stored_values undoes the normalisation, inversion included (what burned-in images use)
+    stored = np.stack([pydicom.dcmread(p).pixel_array for p in paths]).astype(np.float32)
+    back = stored_values(loaded.pixels, loaded.source_datasets[0])
+    np.testing.assert_allclose(back, stored, atol=0.5)
 
 
 # ----------------------------------------------------------------------------- errors
