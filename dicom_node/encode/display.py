@@ -86,3 +86,11 @@ def stamp_series(obj: Dataset, when: _dt.datetime) -> None:
     """Set SeriesDate and SeriesTime of a result object to ``when`` (local time)."""
     obj.SeriesDate = when.strftime("%Y%m%d")
     obj.SeriesTime = when.strftime("%H%M%S")
+
+
+def model_title(model_name: str, model_version: str) -> str:
+    """``"PICARD-0.1-synthetic"`` (a version that already names the model) or
+    ``"PICARD 1.0"``: how burned-in text and descriptions name the model."""
+    if model_version.startswith(model_name):
+        return model_version
+    return f"{model_name} {model_version}".strip()

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.encode import burn
 from dicom_node.encode.common import frame_ordered, source_grid, source_laterality
-from dicom_node.encode.display import EXPECTED_KIND, series_description
+from dicom_node.encode.display import EXPECTED_KIND, model_title, series_description
 from dicom_node.encode.keyimages import frame_source, secondary_capture
 from dicom_node.encode.labels import ScoreLabels
 from dicom_node.encode.sanitize import clean_source_headers
@@ -178,7 +178,7 @@ def encode_expected_series(
         window = burn.display_window(source, index, values[i])
         lines = [
             EXPECTED_WARNING,
-            f"{model_name} {model_version}: {what}",
+            f"{model_title(model_name, model_version)}: {what}",
             f"source frame {int(frame) + 1} of {total_frames}; dashed outline: completed hole",
             labels.description,
         ]

@@ -53,6 +53,7 @@ from dicom_node.encode.display import (
     KEY_IMAGES_KIND,
     KEY_OBJECTS_KIND,
     PREDICTION_RGB,
+    model_title,
     series_description,
     stamp_series,
 )
@@ -340,7 +341,7 @@ def encode_key_images(
         score = finding["max_score"]
         lines = [
             "NOT FOR DIAGNOSTIC USE",
-            f"{model_name} {model_version} - finding {n} of {len(found)}",
+            f"{model_title(model_name, model_version)} - finding {n} of {len(found)}",
             (f"frame {frame + 1} of {total_frames} (finding spans {first}-{last}), "
              f"max score {score:.4g}"),
             labels.description,
@@ -351,7 +352,7 @@ def encode_key_images(
             window=burn.display_window(source, index, pixels[frame]),
             invert=burn.is_monochrome1(source), heat_range=heat_range, lines=lines,
         )
-        what = (f"{model_name} {model_version} finding {n} of {len(found)} on source frame "
+        what = (f"{model_title(model_name, model_version)} finding {n} of {len(found)} on source frame "
                 f"{frame + 1}: the source slice with the score heatmap ({labels.description}) "
                 f"burned in as colour where the score is >= {heat_range[0]:.4g}, the "
                 f"finding's outline at score {threshold:.4g} in magenta and a text band")
@@ -428,7 +429,7 @@ def encode_key_object_selection(
     listed = ", ".join(str(f + 1) for f in wanted) or "none"
     shown = (f"; {len(key_images)} key image{'s' if len(key_images) > 1 else ''} "
              f"show{'' if len(key_images) > 1 else 's'} them" if key_images else "")
-    text = (f"{model_name} {model_version}: the selected source frames ({listed}) hold "
+    text = (f"{model_title(model_name, model_version)}: the selected source frames ({listed}) hold "
             f"{model_name} findings (suspected lesions, anomaly localization){shown}. "
             "Not for diagnostic use.")
     device = hd.sr.ObserverContext(
