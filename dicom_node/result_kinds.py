@@ -49,6 +49,10 @@ _PREFIXES = {
     ResultKind.SPREAD_MAP: "SPREAD",
 }
 
+#: Prefixes of result folders written before kinds had names (the object's Modality:
+#: a Parametric Map's is OT).
+_LEGACY_PREFIXES = {"OT": "PM"}
+
 #: File-name prefix of IOCM rejection notes (Key Object Selection, modality KO): sent last,
 #: to every destination.
 REJECTION_NOTE_PREFIX = "KO"
@@ -74,6 +78,7 @@ def kind_of(path: Path | str) -> ResultKind | None:
         If the name has no known prefix.
     """
     prefix = Path(path).name.split("_", 1)[0]
+    prefix = _LEGACY_PREFIXES.get(prefix, prefix)
     if prefix == REJECTION_NOTE_PREFIX:
         return None
     for kind, known in _PREFIXES.items():

@@ -76,8 +76,14 @@ class ScoredStudy:
     reversed_files: list[Path] = field(default_factory=list)
 
     def objects(self, prefix: str) -> list[Path]:
-        """Result objects whose file name starts with ``prefix`` (``OT_``, ``SEG_``, ``SR_``)."""
+        """Result objects whose file name starts with ``prefix`` (``PM_``, ``SEG_``, ``SR_``, ``KEYIMG_``...)."""
         return [p for p in self.files if p.name.startswith(prefix)]
+
+    def viewable_series_count(self) -> int:
+        """Series of the study OHIF shows: all but the Key Object Selection and the
+        Mammography CAD SR (no display set in OHIF 3.13; mammography workstations read them)."""
+        return self.series_count([p for p in self.files
+                                  if not p.name.startswith(("KOS_", "CADSR_"))])
 
     @staticmethod
     def series_count(files: list[Path]) -> int:
@@ -126,7 +132,8 @@ def scored_study(tmp_path_factory: pytest.TempPathFactory) -> ScoredStudy:
     _cli("synth", str(work / "exam"), *EXAM_ARGS, cwd=work)
     sources = sorted((work / "exam").glob("*.dcm"))
     truth = sorted((work / "exam" / "truth").glob("*.dcm"))
-    _cli("score", *map(str, sources), "--out", str(work / "scored"), cwd=work)
+    _cli("score", *map(str, sources), "--out", str(work / "scored"), "--objects", "all",
+         cwd=work)
     (result_dir,) = sorted((work / "scored" / "results").iterdir())
     summary = json.loads((result_dir / "result.json").read_text())
     objects = sorted((result_dir / "objects").glob("*.dcm"))

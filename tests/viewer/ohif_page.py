@@ -73,6 +73,17 @@ def show(page: Any, assignments: dict[str, str]) -> None:
                 ({viewportId, displaySetInstanceUIDs: [uid]})))""", assignments)
 
 
+def wait_for_image(page: Any, viewport_id: str) -> None:
+    """Wait until a stack viewport shows a loaded image (then one frame to paint)."""
+    page.wait_for_function(
+        """id => { const v = window.services.cornerstoneViewportService
+                     .getCornerstoneViewport(id);
+                   const imageId = v && v.getCurrentImageId && v.getCurrentImageId();
+                   return !!(imageId && window.cornerstone.cache.getImage(imageId)); }""",
+        arg=viewport_id, timeout=LOAD_TIMEOUT_S * 1000)
+    page.wait_for_timeout(500)
+
+
 def wait_for_volume(page: Any, volume_id: str) -> None:
     """Wait until cornerstone holds a fully loaded volume with this id."""
     page.wait_for_function(

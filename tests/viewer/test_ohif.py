@@ -45,7 +45,7 @@ def page(browser: Any, viewer: Any, scored_study: ScoredStudy) -> Iterator[Any]:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.display_sets = ui.open_study(page, viewer.url, scored_study.study_uid,
-                                      scored_study.series_count(scored_study.files))
+                                      scored_study.viewable_series_count())
     page.page_errors = errors
     yield page
     page.close()
@@ -62,7 +62,7 @@ def layout(page: Any) -> dict[str, str]:
                    roles["heatmap"]: ui.find(sets, "PMAP", "PICARD heatmap"),
                    roles["lesions"]: ui.find(sets, "SEG", "PICARD lesions"),
                    roles["findings"]: ui.find(sets, "SR", "PICARD findings")})
-    ui.wait_for_volume(page, ui.find(sets, "PMAP"))
+    ui.wait_for_volume(page, ui.find(sets, "PMAP", "PICARD heatmap"))
     page.wait_for_function(
         """ids => ids.every(id => window.services.segmentationService.getSegmentation(id))""",
         arg=[ui.find(sets, "SEG", "PICARD"), ui.find(sets, "SEG", "Synthetic")],
@@ -114,7 +114,7 @@ def test_heatmap_is_graded_over_the_breast(page: Any, layout: dict[str, str],
                                            scored_study: ScoredStudy, artefacts: Path) -> None:
     viewport = layout["heatmap"]
     slices = ui.volume_slices(page, viewport)
-    _assert_heatmap_follows_frames(slices, scored_study.objects("OT_")[0],
+    _assert_heatmap_follows_frames(slices, scored_study.objects("PM_")[0],
                                    scored_study.files[0])
     # the frame of the top finding (highest score)
     sr = hd.sr.srread(scored_study.objects("SR_")[0])
