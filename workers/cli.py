@@ -12,23 +12,28 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from dicom_node.config import CONFIG_PATH_ENV, Destination, Settings, load_settings
+from dicom_node.result_kinds import ResultKind
 
 logger = logging.getLogger("picard_node")
 
 
 def _parse_destination(text: str) -> Destination:
-    """``AE@host:port`` → Destination."""
+    """``AE@host:port[=KIND,KIND...|all]`` → Destination (the kinds: its ``objects``)."""
+    address, _, kinds = text.partition("=")
     try:
-        ae, rest = text.split("@", 1)
+        ae, rest = address.split("@", 1)
         host, port = rest.rsplit(":", 1)
-        return Destination(ae_title=ae, host=host, port=int(port))
-    except ValueError as exc:
+        extra = {"objects": _result_kinds(kinds)} if kinds else {}
+        return Destination(ae_title=ae, host=host, port=int(port), **extra)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
         raise argparse.ArgumentTypeError(
-            f"destination {text!r} must look like AE@host:port, e.g. ORTHANC@127.0.0.1:4242"
+            f"destination {text!r} must look like AE@host:port[=KIND,...|all], e.g. "
+            f"ORTHANC@127.0.0.1:4242 or WS@10.0.0.9:104=mammography-cad-sr,key-images "
+            f"(kinds: {', '.join(k.value for k in ResultKind)})"
         ) from exc
 
 
@@ -157,13 +162,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- score
+def _result_kinds(text: str) -> list[ResultKind]:
+    """``--objects``: comma-separated result kinds, or ``all``."""
+    if text.strip() == "all":
+        return list(ResultKind)
+    try:
+        return [ResultKind(k.strip()) for k in text.split(",") if k.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """Analyze + encode files with no network."""
     from dicom_node.results import ResultFolder
     from workers.pipeline import run_offline
 
     results = run_offline([Path(p) for p in args.inputs], Path(args.out), bundle=args.model,
-                          device=args.device or "cpu", mode=args.inference_mode)
+                          device=args.device or "cpu", mode=args.inference_mode,
+                          kinds=args.objects)
     for r in results:
         folder = ResultFolder(r)
         summary = folder.summary()
@@ -219,27 +235,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Every PICARD rule beside trivial baselines on whole synthetic volumes with truth."""
-    import numpy as np
     import torch
 
     from models import Picard
-    from models.lab.evaluate import compare_methods
-    from models.lab.phantom import make_phantom
+    from models.lab.evaluate import compare_methods, synthetic_exams
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = Picard.from_bundle(args.model) if args.model else Picard.from_bundle()
+    model = Picard.from_bundle(args.model, device=args.device or "cpu")
     spacing = float(model.card["pixel_spacing_mm"])
 
     def exams(first: int, count: int) -> list:
-        # one 5-30 mm mass per volume; view and density from the seed, as the bundle's
-        # reproduction script draws them (scripts/train_default_bundle.py)
-        return [make_phantom(seed=s, lesions=1, slices=args.slices, rows=args.rows,
-                             cols=args.cols, pixel_spacing_mm=spacing,
-                             view="MLO" if s % 3 == 0 else "CC",
-                             density=float(np.random.default_rng(s).uniform(0.2, 0.8)),
-                             lesion_diameter_mm=(5.0, 30.0))
-                for s in range(first, first + count)]
+        # one 5-30 mm mass per volume; view and density from the seed
+        # (models.lab.evaluate.synthetic_exams, shared with scripts/train_default_bundle.py)
+        return synthetic_exams(first, count, slices=args.slices, rows=args.rows,
+                               cols=args.cols, pixel_spacing_mm=spacing)
 
     validation = exams(args.validation_seed, args.validation_count) \
         if args.validation_count else None
@@ -251,7 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         volume_shape=[args.slices, args.rows, args.cols], pixel_spacing_mm=spacing,
         validation_seeds=([args.validation_seed, args.validation_seed + args.validation_count - 1]
                           if args.validation_count else None),
-        threads=torch.get_num_threads())
+        threads=torch.get_num_threads(), device=str(model.device))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=float))
         print(f"wrote {args.json}")
@@ -319,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-title")
     p.add_argument("--quiet-seconds", type=float, help="per-slice series quiet period")
     p.add_argument("--destination", action="append", type=_parse_destination,
-                   help="AE@host:port, repeatable")
+                   help="AE@host:port[=KIND,...|all], repeatable; KIND: the result objects "
+                        "it takes (default parametric-map,segmentation,findings-sr)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker")
@@ -382,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--inference-mode", choices=["exact", "fast"],
                    help="override the model card's inference mode (results say which)")
+    p.add_argument("--objects", type=_result_kinds, metavar="KIND[,KIND...]",
+                   help="result objects to write (default: parametric-map,segmentation,"
+                        "findings-sr; 'all' for every kind): "
+                        + ", ".join(k.value for k in ResultKind))
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("model", help="model bundle tools")
@@ -428,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", type=int, default=10, help="completions per window (dropout rules)")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", help="torch device: cpu (default), cuda, cuda:N")
     p.add_argument("--json", help="write the result (metrics, specs, paired CIs) as JSON here")
     p.set_defaults(func=cmd_evaluate)
 

@@ -78,7 +78,7 @@ def run_demo(out: Path, *, seed: int = 7, timeout: float = 900) -> int:
         [sys.executable, "-m", "workers.cli", "serve", "--port", "0", "--ae-title", "PICARD",
          "--spool-dir", str(out / "spool"), "--quiet-seconds", "2",
          "--inference-mode", DEMO_INFERENCE_MODE,
-         "--destination", f"LOCALPACS@127.0.0.1:{archive.port}"],
+         "--destination", f"LOCALPACS@127.0.0.1:{archive.port}=all"],
         stdout=subprocess.PIPE, stderr=node_log, text=True, env=env)
     try:
         line = node.stdout.readline()
@@ -91,7 +91,7 @@ def run_demo(out: Path, *, seed: int = 7, timeout: float = 900) -> int:
         send_datasets(files, ae_title="PICARD", host="127.0.0.1", port=port,
                       calling_ae_title="DEMOSCU")
         print(f"sent {len(files)} instance(s) with C-STORE in {time.monotonic() - t_send:.1f} s")
-        results = _wait_for_results(archive, timeout)
+        results = _wait_for_results(archive, out / "spool", timeout)
         t_done = time.monotonic()
         if results is None:
             print(f"no results after {timeout:.0f} s; see {out / 'node.log'}")
@@ -123,19 +123,35 @@ def run_demo(out: Path, *, seed: int = 7, timeout: float = 900) -> int:
           "truth lesion frames:   none")
     print(f"timings:               synth {t_synth:.1f} s, load {summary['seconds']['load']:.1f} s,"
           f" score {summary['seconds']['score']:.1f} s, send→results {t_done - t_send:.1f} s")
-    print(f"results in local PACS: {out / 'pacs'} ({len(archive.received)} objects)")
+    print(f"results in local PACS: {out / 'pacs'} ({len(archive.received)} objects, every "
+          "kind; the spread map is made in exact mode only)")
+    for line in _received_series(archive):
+        print(f"    {line}")
     print(f"previews:              {', '.join(str(p) for p in previews)}")
     return 0
 
 
-def _wait_for_results(archive: LocalArchive, timeout: float):
+def _wait_for_results(archive: LocalArchive, spool: Path, timeout: float):
+    """(Parametric Map, Segmentation) once the node has marked its delivery done."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        delivered = any(results_root(spool).glob("*/delivered/*"))
         found = {}
-        for path in list(archive.received):
-            ds = pydicom.dcmread(path)
-            found[str(ds.SOPClassUID)] = ds
+        for path in list(archive.received) if delivered else []:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            found[str(ds.SOPClassUID)] = path
         if ParametricMapStorage in found and SegmentationStorage in found:
-            return found[ParametricMapStorage], found[SegmentationStorage]
+            return (pydicom.dcmread(found[ParametricMapStorage]),
+                    pydicom.dcmread(found[SegmentationStorage]))
         time.sleep(1.0)
     return None
+
+
+def _received_series(archive: LocalArchive) -> list[str]:
+    """``"<series number> <description>: <n> object(s)"`` per series the archive holds."""
+    series: dict[tuple[int, str], int] = {}
+    for path in list(archive.received):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        key = (int(ds.get("SeriesNumber", 0) or 0), str(ds.get("SeriesDescription", "")))
+        series[key] = series.get(key, 0) + 1
+    return [f"{number} {text}: {count}" for (number, text), count in sorted(series.items())]

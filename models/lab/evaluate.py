@@ -40,7 +40,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.lab.rule_heatmaps import METHODS, method_heatmaps, method_specs
 from models.lab.baselines import BASELINES, Baseline
 from models.lab.metrics import (
     DBTEX_MIN_DISTANCE_MM,
@@ -55,17 +54,45 @@ from models.lab.metrics import (
     match_candidates,
     match_dbtex,
 )
+from models.lab.rule_heatmaps import METHODS, method_heatmaps, method_specs
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "METHODS",
+    "ROW_TO_CARD",
     "compare_methods",
     "evaluate_cases",
     "format_table",
     "method_heatmaps",
     "method_specs",
+    "select_rule_on_validation",
+    "synthetic_exams",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# the synthetic evaluation exams
+
+
+def synthetic_exams(first_seed: int, count: int, *, slices: int = 24, rows: int = 224,
+                    cols: int = 160, pixel_spacing_mm: float = 0.4) -> list[Any]:
+    """The lesion phantoms of ``picard-node evaluate`` (validation and test sets).
+
+    One 5-30 mm mass per volume, seeds ``first_seed .. first_seed + count - 1``; view (MLO
+    for seeds divisible by 3, CC otherwise) and density (uniform 0.2-0.8 from the seed's
+    generator) drawn from the seed; the breast fitted into ``rows x cols`` at
+    ``pixel_spacing_mm``. ``picard-node evaluate`` and ``scripts/train_default_bundle.py``
+    both build their exams here, so the same seeds give the same volumes.
+    """
+    from models.lab.phantom import make_phantom
+
+    return [make_phantom(seed=s, lesions=1, slices=slices, rows=rows, cols=cols,
+                         pixel_spacing_mm=pixel_spacing_mm,
+                         view="MLO" if s % 3 == 0 else "CC",
+                         density=float(np.random.default_rng(s).uniform(0.2, 0.8)),
+                         lesion_diameter_mm=(5.0, 30.0))
+            for s in range(first_seed, first_seed + count)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,6 +411,91 @@ def compare_methods(model: Any, exams: Sequence[Any], *, m: int = 10, n_boot: in
         out["heatmaps"] = kept
         out["slices"] = [t.slice_positions.tolist() for t in truths]
     return out
+
+
+#: compare_methods row -> card settings (metric, M, dropout at inference)
+ROW_TO_CARD: dict[str, tuple[str, int, bool]] = {
+    "MCD image": ("MCD_image", 10, True),
+    "MCD feature": ("MCD_feature", 10, True),
+    "MeanCD image": ("MeanCD_image", 10, True),
+    "MeanCD feature": ("MeanCD_feature", 10, True),
+    "single image": ("MCD_image", 1, False),
+    "single feature": ("MCD_feature", 1, False),
+}
+
+
+def select_rule_on_validation(model: Any, exams: Sequence[Any], *,
+                              p_grid: Sequence[float] = (0.5,), m: int = 10, seed: int = 0,
+                              fp_rates: Sequence[float] = FP_RATES, fp_for_threshold: float = 1.0,
+                              min_distance_mm: float = 5.0, hit_rule: str = "dbtex",
+                              progress: bool = False) -> dict[str, Any]:
+    """Choose the PICARD scoring rule, dropout p and SEG threshold on validation exams.
+
+    Every slice of every exam is scored as :func:`compare_methods` scores it (same
+    completions, seed, detections, hit rule, metrics), for each rule of :data:`METHODS` and
+    each dropout ``p`` of ``p_grid`` (the single-completion rows, which use no dropout, once).
+    The criterion is pixel AUROC + mean lesion sensitivity at ``fp_rates``; the threshold is
+    the lowest score of the chosen rule with at most ``fp_for_threshold`` false-positive
+    detections per volume (:func:`models.lab.metrics.threshold_for_fp_rate`). Use validation
+    exams only: the choice must not see the test set.
+
+    Returns
+    -------
+    dict
+        JSON-able: ``table`` (``{"<row> p=<p>": {metric: value, selection_score,
+        threshold}}``), ``chosen`` (``row``, ``metric``, ``M``, ``p``, ``selection_score``,
+        ``threshold``, ``validation``), ``p_grid``, ``n_exams``, ``criterion``.
+    """
+    from models.lab.metrics import threshold_for_fp_rate
+
+    exams = list(exams)
+    if not exams:
+        raise ValueError("no validation exams")
+    card = model.card
+    p0 = float(card["dropout"]["p"])
+    mcd_rows = [n for n in METHODS if METHODS[n][0] == "mcd"]
+    table: dict[str, dict[str, float]] = {}
+    best: dict[str, Any] | None = None
+    try:
+        for i, p in enumerate(p_grid):
+            card["dropout"]["p"] = float(p)
+            names = list(METHODS) if i == 0 else mcd_rows
+            cases: dict[str, list[Case]] = {n: [] for n in names}
+            for exam in exams:
+                t = time.time()
+                idx = list(range(exam.volume.shape[0]))
+                maps = method_heatmaps(model, exam.volume, idx, m=m, seed=seed, methods=names)
+                truth = _SliceView(exam, idx)
+                nms_z = max(1, round(min_distance_mm / float(exam.slice_thickness_mm)))
+                for n in names:
+                    cases[n].append(_make_case(maps[n], truth, inside_breast=True,
+                                               min_distance_mm=min_distance_mm,
+                                               hit_rule=hit_rule, min_distance_slices=nms_z))
+                if progress:
+                    logger.info("validation p=%g: volume scored in %.1f s", p, time.time() - t)
+            for n in names:
+                r = bootstrap_metrics(cases[n], n_boot=0, fp_rates=fp_rates)
+                r.pop("_samples")
+                drop = METHODS[n][0] == "mcd"
+                key = f"{n} p={float(p) if drop else 0.0}"
+                score = _selection_score(r, fp_rates)
+                thr = threshold_for_fp_rate([c.candidates for c in cases[n]], fp_for_threshold)
+                values = {k: v["value"] for k, v in r.items()}
+                table[key] = {**values, "selection_score": score, "threshold": thr}
+                logger.info("validation %-28s score %.3f auroc %.3f", key, score,
+                            values["pixel_auroc"])
+                if best is None or score > best["selection_score"]:
+                    metric = ROW_TO_CARD[n][0]
+                    best = {"row": n, "metric": metric, "M": m if drop else 1,
+                            "p": float(p) if drop else 0.0, "selection_score": score,
+                            "threshold": thr, "validation": values}
+    finally:
+        card["dropout"]["p"] = p0
+    return {"table": table, "chosen": best, "p_grid": [float(p) for p in p_grid],
+            "n_exams": len(exams), "fp_for_threshold": fp_for_threshold,
+            "criterion": "pixel AUROC + mean lesion sensitivity at "
+                         f"{'/'.join(f'{f:g}' for f in fp_rates)} FP per volume",
+            "stride": int(card["stride"])}
 
 
 def _hit_rule_text(hit_rule: str) -> str:

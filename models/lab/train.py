@@ -48,7 +48,7 @@ from models.picard import resolve_device
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "WindowSampler", "load_image_folder", "spatial_discounting_mask",
-           "train"]
+           "train", "warm_start"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -405,9 +405,43 @@ def _to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a) * 2.0 - 1.0  # [0, 1] -> [-1, 1] (card intensity "fixed")
 
 
+def warm_start(trainer: _Trainer, bundle_dir: str | Path) -> None:
+    """Load a bundle's generator and critics into ``trainer`` (architecture must match).
+
+    The bundle's card must have the same ``window`` and ``hole`` (the critics' input sizes)
+    and its weights the same layer shapes as the trainer's networks (same ``ngf``/``ndf``);
+    otherwise a ``ValueError`` names the first difference. The optimisers start afresh.
+    """
+    from models.bundle import read_bundle
+
+    bundle_dir = Path(bundle_dir)
+    gen, dis, card = read_bundle(bundle_dir)
+    cfg = trainer.cfg
+    for key in ("window", "hole"):
+        if int(card[key]) != getattr(cfg, key):
+            raise ValueError(f"cannot warm-start from {bundle_dir}: bundle {key}={card[key]!r}, "
+                             f"config {key}={getattr(cfg, key)!r}")
+    for name, net, state in (("generator", trainer.gen, gen),
+                             ("local critic", trainer.local, dis.get("localD", {})),
+                             ("global critic", trainer.glob, dis.get("globalD", {}))):
+        own = net.state_dict()
+        if set(own) != set(state):
+            raise ValueError(f"cannot warm-start from {bundle_dir}: {name} layers differ "
+                             f"(missing {sorted(set(own) - set(state))[:3]}, unexpected "
+                             f"{sorted(set(state) - set(own))[:3]})")
+        for k, v in own.items():
+            if tuple(v.shape) != tuple(state[k].shape):
+                raise ValueError(f"cannot warm-start from {bundle_dir}: {name} {k} has shape "
+                                 f"{tuple(state[k].shape)}, config needs {tuple(v.shape)} "
+                                 f"(ngf={cfg.ngf}, ndf={cfg.ndf})")
+        net.load_state_dict(state)
+    logger.info("warm start: generator and critics from %s (version %s)", bundle_dir,
+                card.get("version"))
+
+
 def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], out_dir: Path, *,
           resume: bool = False, progress: bool = True, card_extra: dict[str, Any] | None = None,
-          device: str | torch.device = "cpu") -> Path:
+          device: str | torch.device = "cpu", init_from: str | Path | None = None) -> Path:
     """Train on normal arrays and write a model bundle.
 
     Parameters
@@ -430,6 +464,10 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
     device : str or torch.device
         Where the networks train: ``"cpu"``, ``"cuda"``, ``"cuda:N"``. Checkpoints are
         stored on the CPU, so a run started on a GPU resumes anywhere.
+    init_from : str or pathlib.Path, optional
+        A model bundle whose generator and critics weights start the run (warm start,
+        :func:`warm_start`; same window, hole, ngf and ndf). Ignored when ``resume`` finds a
+        checkpoint (the checkpoint already holds the continued weights).
 
     Returns
     -------
@@ -446,7 +484,7 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
     for k, a in enumerate(arrays):
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
             raise ValueError(f"training array {k} must be finite and in [0, 1]")
-    n_val = max(1, int(round(cfg.val_fraction * len(arrays)))) if len(arrays) >= 2 else 0
+    n_val = max(1, round(cfg.val_fraction * len(arrays))) if len(arrays) >= 2 else 0
     train_arrays = arrays[:len(arrays) - n_val]
     val_arrays = arrays[len(arrays) - n_val:] or arrays
     rng = np.random.default_rng(cfg.seed)
@@ -480,8 +518,11 @@ def train(config: TrainConfig, data: Iterable[np.ndarray] | list[np.ndarray], ou
         torch.set_rng_state(ckpt["torch_rng"])
         logger.info("resumed from %s at iteration %d (best val L1 %.4f)", ckpt_path, start - 1,
                     best_val)
-    elif resume:
-        logger.info("no checkpoint in %s; starting from scratch", out_dir)
+    else:
+        if resume:
+            logger.info("no checkpoint in %s; starting afresh", out_dir)
+        if init_from is not None:
+            warm_start(trainer, init_from)
 
     def checkpoint(iteration: int) -> None:
         atomic_torch_save(ckpt_path, {

@@ -62,3 +62,23 @@ def test_unknown_option_of_another_command_is_still_an_error():
     with pytest.raises(SystemExit) as exc:
         main(["synth", "--no-such-option"])
     assert exc.value.code == 2
+
+
+def test_evaluate_builds_the_shared_exams(tmp_path):
+    from models.lab.evaluate import synthetic_exams
+    from tests.helpers.tiny_models import tiny_card, tiny_picard
+
+    bundle = tmp_path / "bundle"
+    tiny_picard(tiny_card(stride=16, batch_size=5)).save_bundle(bundle)
+    out = tmp_path / "eval.json"
+    rc = main(["--log-level", "warning", "evaluate", "--model", str(bundle), "--count", "1",
+               "--seed", "9000", "--validation-count", "1", "--validation-seed", "5000",
+               "--slices", "2", "--rows", "64", "--cols", "48", "--m", "2", "--n-boot", "5",
+               "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    s = result["settings"]
+    assert s["seeds"] == [9000, 9000] and s["validation_seeds"] == [5000, 5000]
+    assert s["volume_shape"] == [2, 64, 48] and s["device"] == "cpu"
+    exam = synthetic_exams(9000, 1, slices=2, rows=64, cols=48, pixel_spacing_mm=0.4)[0]
+    assert s["n_lesions"] == len(exam.lesions) == 1

@@ -58,7 +58,8 @@ def _classes(paths: list[Path]) -> list[str]:
 def test_kind_names_and_file_prefixes() -> None:
     assert kind_of(object_file_name(ResultKind.SPREAD_MAP, "1.2.3")) is ResultKind.SPREAD_MAP
     assert kind_of(object_file_name(None, "1.2.3")) is None  # a rejection note
-    assert kind_of("PM_1.2.dcm") is ResultKind.PARAMETRIC_MAP  # folders written before kinds
+    assert kind_of("PM_1.2.dcm") is ResultKind.PARAMETRIC_MAP
+    assert kind_of("OT_1.2.dcm") is ResultKind.PARAMETRIC_MAP  # folders written before kinds
     with pytest.raises(ValueError, match="no known kind"):
         kind_of("XX_1.2.dcm")
     assert len({k.prefix for k in ResultKind}) == len(ResultKind)
@@ -117,27 +118,35 @@ def test_every_kind_encodes_dciodvfy_clean(analyzed: ResultFolder) -> None:
 
 
 def test_each_destination_gets_its_kinds(tmp_path: Path, settings: Settings,
-                                         analyzed: ResultFolder) -> None:
+                                         analyzed: ResultFolder, orthanc_factory) -> None:
+    """A SEG-capable PACS (storescp) gets the default kinds; a PACS for viewers without SEG
+    (a real Orthanc, which must accept every SOP class we send) the CAD SR, key images and
+    key-object list; a destination added later gets its kind on the next export."""
     viewer_kinds = ["key-images", "key-object-selection", "mammography-cad-sr"]
+    orthanc = orthanc_factory()
     seg_pacs, seg_port = start_storescp(tmp_path / "seg-pacs")
-    sc_pacs, sc_port = start_storescp(tmp_path / "sc-pacs")
     try:
         plain = Destination(ae_title="STORESCP", host="127.0.0.1", port=seg_port)
-        workstation = Destination(ae_title="STORESCP", host="127.0.0.1", port=sc_port,
-                                  objects=viewer_kinds)
+        workstation = Destination(ae_title=orthanc.ae_title, host="127.0.0.1",
+                                  port=orthanc.dicom_port, objects=viewer_kinds)
         settings = settings.model_copy(update={"destinations": [plain, workstation]})
         pipeline.encode(analyzed.path, spool_dir=settings.spool_dir,
                         kinds=settings.result_kinds)
         report = pipeline.export(analyzed.path, settings)
-        assert report.complete
+        assert report.complete and report.sent == ["STORESCP", orthanc.ae_title]
         seg_classes = _classes(sorted((tmp_path / "seg-pacs").iterdir()))
-        sc_classes = _classes(sorted((tmp_path / "sc-pacs").iterdir()))
         assert sorted(seg_classes) == sorted(map(str, (ParametricMapStorage, SegmentationStorage,
                                                        Comprehensive3DSRStorage)))
-        assert str(MammographyCADSRStorage) in sc_classes
-        assert str(KeyObjectSelectionDocumentStorage) in sc_classes
-        assert any(c.startswith(SECONDARY_CAPTURE_PREFIX) for c in sc_classes)
-        assert not {str(ParametricMapStorage), str(SegmentationStorage)} & set(sc_classes)
+        stored = orthanc.instances_of_study(analyzed.summary()["study_uid"])
+        expected = analyzed.objects([ResultKind(k) for k in viewer_kinds])
+        assert len(stored) == len(expected) >= 3
+        pulled = [orthanc.download(item["ID"], tmp_path / f"{n}.dcm")
+                  for n, item in enumerate(stored)]
+        ws_classes = _classes(pulled)
+        assert str(MammographyCADSRStorage) in ws_classes
+        assert str(KeyObjectSelectionDocumentStorage) in ws_classes
+        assert any(c.startswith(SECONDARY_CAPTURE_PREFIX) for c in ws_classes)
+        assert not {str(ParametricMapStorage), str(SegmentationStorage)} & set(ws_classes)
 
         # a destination added later gets its kinds, encoded on the next export
         spread_pacs, spread_port = start_storescp(tmp_path / "spread-pacs")
@@ -154,7 +163,6 @@ def test_each_destination_gets_its_kinds(tmp_path: Path, settings: Settings,
             stop_process(spread_pacs)
     finally:
         stop_process(seg_pacs)
-        stop_process(sc_pacs)
 
 
 def test_example_config_names_valid_kinds() -> None:
@@ -164,3 +172,18 @@ def test_example_config_names_valid_kinds() -> None:
     settings = load_settings(example)
     assert ResultKind.MAMMOGRAPHY_CAD_SR in settings.result_kinds
     assert settings.destinations[0].objects == list(DEFAULT_KINDS)
+
+
+def test_destination_option_names_kinds() -> None:
+    import argparse
+
+    from workers.cli import _parse_destination
+
+    plain = _parse_destination("PACS@10.0.0.1:104")
+    assert plain.objects == list(DEFAULT_KINDS)
+    every = _parse_destination("WS@10.0.0.2:11112=all")
+    assert every.objects == list(ResultKind) and every.port == 11112
+    chosen = _parse_destination("WS@h:1=mammography-cad-sr,key-images")
+    assert chosen.objects == [ResultKind.MAMMOGRAPHY_CAD_SR, ResultKind.KEY_IMAGES]
+    with pytest.raises(argparse.ArgumentTypeError, match="kinds: parametric-map"):
+        _parse_destination("WS@h:1=burned-in")

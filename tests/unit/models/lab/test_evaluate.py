@@ -249,3 +249,44 @@ def test_whole_volume_fp_per_volume_with_dbtex_rule() -> None:
     assert curve["fp_per_volume"][above].tolist() == [0.0, 1.0, 2.0]
     sens = sensitivity_at([c.candidates for c in cases], (0.5, 2.0))
     assert sens == {0.5: 1.0, 2.0: 1.0}
+
+
+def test_synthetic_exams_are_the_cli_exams() -> None:
+    from models.lab.evaluate import synthetic_exams
+    from models.lab.phantom import make_phantom
+
+    a = synthetic_exams(9000, 2, slices=2, rows=64, cols=48, pixel_spacing_mm=0.8)
+    assert [e.view for e in a] == ["MLO", "CC"]  # 9000 is divisible by 3
+    b = make_phantom(seed=9001, lesions=1, slices=2, rows=64, cols=48, pixel_spacing_mm=0.8,
+                     view="CC", density=float(np.random.default_rng(9001).uniform(0.2, 0.8)),
+                     lesion_diameter_mm=(5.0, 30.0))
+    np.testing.assert_array_equal(a[1].volume, b.volume)
+    assert len(a[0].lesions) == 1
+
+
+def test_select_rule_on_validation_picks_the_best_row(tiny_setup) -> None:
+    import json
+
+    from models.lab.evaluate import ROW_TO_CARD, select_rule_on_validation
+
+    model, exams = tiny_setup
+    p_before = model.card["dropout"]["p"]
+    r = select_rule_on_validation(model, exams, p_grid=(0.5, 0.25), m=2)
+    json.dumps(r)
+    assert model.card["dropout"]["p"] == p_before  # restored
+    # every dropout rule at each p, the single-completion rows once
+    expected = {f"{n} p={p}" for n in METHODS if ROW_TO_CARD[n][2] for p in (0.5, 0.25)}
+    expected |= {"single image p=0.0", "single feature p=0.0"}
+    assert set(r["table"]) == expected
+    best = max(r["table"].values(), key=lambda v: v["selection_score"])
+    chosen = r["chosen"]
+    assert chosen["selection_score"] == best["selection_score"]
+    key = f"{chosen['row']} p={chosen['p']}"
+    assert r["table"][key]["threshold"] == chosen["threshold"]
+    assert chosen["metric"] == ROW_TO_CARD[chosen["row"]][0]
+    # the p=0.5 scores equal compare_methods' values on the same exams (same protocol)
+    c = compare_methods(model, exams, m=2, n_boot=0, print_table=False)
+    for n in METHODS:
+        key = f"{n} p={0.5 if ROW_TO_CARD[n][2] else 0.0}"
+        assert r["table"][key]["pixel_auroc"] == pytest.approx(
+            c["methods"][n]["pixel_auroc"]["value"])
