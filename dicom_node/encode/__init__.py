@@ -146,6 +146,10 @@ def encode_results(
     return [ds for _, ds in objects]
 
 
+#: Findings (highest score first) that get a key image and a key frame: a reader wants a
+#: few pictures, and each full-resolution RGB key image is about 14 MB uncompressed.
+KEY_FINDINGS = 5
+
 #: Series numbers of the result objects: ``series_number_base + offset``.
 SERIES_OFFSETS = {
     ResultKind.PARAMETRIC_MAP: 0, ResultKind.SEGMENTATION: 1, ResultKind.FINDINGS_SR: 2,
@@ -238,11 +242,12 @@ def encode_result_objects(
 
             out.extend((kind, ds) for ds in encode_key_images(
                 source_datasets, source_pixels, heatmap, threshold=threshold, labels=labels,
-                series_number=number[kind], **common))
+                series_number=number[kind], max_findings=KEY_FINDINGS, **common))
         elif kind is ResultKind.KEY_OBJECT_SELECTION:
             # the source frames only: every destination has them, while the key images go
             # only where configured
-            frames = sorted({f["frame"] for f in findings(heatmap, threshold)})
+            frames = sorted({f["frame"] for f in findings(heatmap, threshold,
+                                                          max_findings=KEY_FINDINGS)})
             if frames:
                 from dicom_node.encode.keyimages import encode_key_object_selection
 
