@@ -7,8 +7,11 @@ Plain numpy, no phantom model: a half-ellipse of "tissue" attached to the chest 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from io import BytesIO
+from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 
 
@@ -53,3 +56,22 @@ def seg_to_volume(seg: Dataset, sources: Sequence[Dataset]) -> np.ndarray:
     for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
         out[source_frame_index(item, sources)] |= pixels[i].astype(bool)
     return out
+
+
+def roundtrip(ds: Dataset) -> Dataset:
+    """``ds`` written as a DICOM file and read back (what a peer would receive)."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def assert_dciodvfy_clean(ds: Dataset, path: Path) -> None:
+    """Write ``ds`` to ``path`` and assert dciodvfy reports no error (skipped without it)."""
+    from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
+
+    if not dciodvfy_available():
+        return
+    ds.save_as(path, enforce_file_format=True)
+    errors, _ = run_dciodvfy(path)
+    assert errors == [], errors

@@ -9,6 +9,9 @@ import pytest
 
 from dicom_node.config import Settings
 from dicom_node.scp import StorageSCP
+from dicom_node.standins.synthetic import write_bto
+from dicom_node.volume import LoadedVolume, load_series
+from tests.helpers.dicom_data import breast_volume
 
 
 @pytest.fixture
@@ -32,3 +35,21 @@ def make_scp(tmp_path: Path) -> Iterator[Callable[..., StorageSCP]]:
     yield factory
     for scp in started:
         scp.stop()
+
+
+@pytest.fixture(scope="module")
+def bto_source(tmp_path_factory: pytest.TempPathFactory) -> LoadedVolume:
+    """A right CC multi-frame BTO (synthetic breast), loaded."""
+    out = tmp_path_factory.mktemp("bto")
+    paths = write_bto(breast_volume(laterality="R"), out, laterality="R", view="CC",
+                      pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=5)
+    return load_series(paths)
+
+
+@pytest.fixture(scope="module")
+def slice_source(tmp_path_factory: pytest.TempPathFactory) -> LoadedVolume:
+    """A left MLO as six single-frame instances, loaded."""
+    out = tmp_path_factory.mktemp("slices")
+    paths = write_bto(breast_volume(frames=6), out, laterality="L", view="MLO",
+                      pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=6, per_slice=True)
+    return load_series(paths)

@@ -6,11 +6,9 @@ import datetime as _dt
 import shutil
 import subprocess
 from collections.abc import Iterator
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import MammographyCADSRStorage
@@ -18,9 +16,8 @@ from pydicom.uid import MammographyCADSRStorage
 from dicom_node.encode.cad_sr import encode_mammography_cad_sr
 from dicom_node.encode.labels import ScoreLabels
 from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
-from dicom_node.standins.synthetic import write_bto
-from dicom_node.volume import load_series, unflip
-from tests.helpers.dicom_data import blob_mask, breast_volume
+from dicom_node.volume import unflip
+from tests.helpers.dicom_data import blob_mask, roundtrip
 
 THRESHOLD = 1.5
 LABELS = ScoreLabels.from_summary(
@@ -29,26 +26,6 @@ CREATED = _dt.datetime(2024, 5, 6, 7, 8, 9)
 #: dciodvfy does not know private ("99...") coding schemes; every other warning is a defect.
 PRIVATE_SCHEME_WARNING = ("Warning - Unrecognized defined term <99PICARD> for value 1 of "
                           "attribute <Coding Scheme Designator>")
-
-
-@pytest.fixture(scope="module")
-def bto_source(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("cad_bto")
-    paths = write_bto(
-        breast_volume(laterality="R"), out, laterality="R", view="CC",
-        pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=15,
-    )
-    return load_series(paths)
-
-
-@pytest.fixture(scope="module")
-def slice_source(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("cad_slices")
-    paths = write_bto(
-        breast_volume(frames=6), out, laterality="L", view="MLO",
-        pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=16, per_slice=True,
-    )
-    return load_series(paths)
 
 
 def _heatmap(volume) -> np.ndarray:
@@ -67,13 +44,6 @@ def _encode(sources, heat: np.ndarray, seed: str = "job-1", **kwargs) -> Dataset
             "labels": LABELS, "created": CREATED}
     args.update(kwargs)
     return encode_mammography_cad_sr(sources, heat, **args)
-
-
-def _roundtrip(ds: Dataset) -> Dataset:
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    buf.seek(0)
-    return pydicom.dcmread(buf)
 
 
 def _name(item: Dataset) -> str:
@@ -128,7 +98,7 @@ def test_content_tree(source: str, request: pytest.FixtureRequest) -> None:
     volume = request.getfixturevalue(source)
     sources = volume.source_datasets
     heat = _heatmap(volume)
-    doc = _roundtrip(_encode(sources, heat))
+    doc = roundtrip(_encode(sources, heat))
     src = sources[0]
     multi_frame = len(sources) == 1
     rows, cols = int(src.Rows), int(src.Columns)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import copy
-from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ParametricMapStorage, SegmentationStorage
@@ -16,18 +14,15 @@ from pydicom.uid import ParametricMapStorage, SegmentationStorage
 from dicom_node.encode import ScoreLabels, display_range, encode_results
 from dicom_node.encode.display import PREDICTION_RGB
 from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
-from dicom_node.standins.synthetic import write_bto
-from dicom_node.volume import load_series, unflip
-from tests.helpers.dicom_data import blob_mask, breast_volume, seg_to_volume, source_frame_index
+from dicom_node.volume import unflip
+from tests.helpers.dicom_data import (
+    blob_mask,
+    roundtrip,
+    seg_to_volume,
+    source_frame_index,
+)
 
 THRESHOLD = 1.5
-
-
-def _roundtrip(ds: Dataset) -> Dataset:
-    buf = BytesIO()
-    ds.save_as(buf)
-    buf.seek(0)
-    return pydicom.dcmread(buf)
 
 
 def _heatmap(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -36,26 +31,6 @@ def _heatmap(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     heat[blob_mask(shape, (2, 20, 10), 3)] = 2.5
     heat[blob_mask(shape, (5, 40, 30), 2)] = 1.8
     return heat
-
-
-@pytest.fixture(scope="module")
-def bto_source(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("bto")
-    paths = write_bto(
-        breast_volume(laterality="R"), out, laterality="R", view="CC",
-        pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=5,
-    )
-    return load_series(paths)
-
-
-@pytest.fixture(scope="module")
-def slice_source(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("slices")
-    paths = write_bto(
-        breast_volume(frames=6), out, laterality="L", view="MLO",
-        pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=6, per_slice=True,
-    )
-    return load_series(paths)
 
 
 def _encode(volume, heat: np.ndarray, seed: str = "job-1", **kwargs) -> list[Dataset]:
@@ -68,7 +43,7 @@ def _encode(volume, heat: np.ndarray, seed: str = "job-1", **kwargs) -> list[Dat
 def test_seg_and_pm_content(source: str, request: pytest.FixtureRequest) -> None:
     volume = request.getfixturevalue(source)
     stored_heat = unflip(_heatmap(volume.pixels.shape), volume)
-    pm, seg = (_roundtrip(d) for d in _encode(volume, stored_heat))
+    pm, seg = (roundtrip(d) for d in _encode(volume, stored_heat))
     sources = volume.source_datasets
     src = sources[0]
 
@@ -141,7 +116,7 @@ def test_pm_frames_follow_the_normal_whatever_the_source_direction(
     still referencing (and holding the scores of) its own source frame."""
     reversed_src = _reverse_frame_positions(bto_source)
     heat = unflip(_heatmap(bto_source.pixels.shape), bto_source)
-    pm = _roundtrip(encode_results([reversed_src], heat, threshold=THRESHOLD,
+    pm = roundtrip(encode_results([reversed_src], heat, threshold=THRESHOLD,
                                    model_version="1", output_uid_seed="rev")[0])
     if dciodvfy_available():
         pm.save_as(tmp_path / "pm.dcm")
@@ -188,7 +163,7 @@ def test_dciodvfy_clean(
 
 def test_empty_segmentation_is_valid(bto_source) -> None:
     heat = np.zeros(bto_source.pixels.shape, np.float32)
-    _, seg = (_roundtrip(d) for d in _encode(bto_source, heat))
+    _, seg = (roundtrip(d) for d in _encode(bto_source, heat))
     mask = seg_to_volume(seg, bto_source.source_datasets)
     assert not mask.any()
     assert int(seg.NumberOfFrames) == heat.shape[0]
@@ -284,7 +259,7 @@ def test_per_slice_sources_in_any_order(slice_source) -> None:
     sources = slice_source.source_datasets
     shuffled = [sources[i] for i in (4, 1, 5, 0, 3, 2)]
     pm, seg = (
-        _roundtrip(d)
+        roundtrip(d)
         for d in encode_results(
             shuffled, heat, threshold=THRESHOLD, model_version="1", output_uid_seed="x"
         )
@@ -299,7 +274,7 @@ def test_every_object_names_the_scoring_rule(bto_source, tmp_path: Path) -> None
                "slice_step": 1}
     labels = ScoreLabels.from_summary(scoring)
     heat = unflip(_heatmap(bto_source.pixels.shape), bto_source)
-    pm, seg, sr = (_roundtrip(d) for d in _encode(bto_source, heat, include_sr=True,
+    pm, seg, sr = (roundtrip(d) for d in _encode(bto_source, heat, include_sr=True,
                                                   labels=labels))
     assert pm.ContentLabel == "MEANCD_IMAGE_M10"
     assert pm.ContentDescription == "mean completion distance, image, M=10 p=0.5, exact"

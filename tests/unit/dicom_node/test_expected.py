@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
@@ -16,46 +14,13 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from dicom_node.encode import burn
 from dicom_node.encode.expected import encode_expected_series
 from dicom_node.encode.labels import ScoreLabels
-from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
-from dicom_node.standins.synthetic import write_bto
-from dicom_node.volume import load_series, unflip
-from tests.helpers.dicom_data import breast_volume
+from dicom_node.volume import unflip
+from tests.helpers.dicom_data import assert_dciodvfy_clean, roundtrip
 
 LABELS = ScoreLabels.from_summary({"rule": "min", "space": "feature", "M": 10, "p": 0.5,
                                    "mode": "fast"})
 WHEN = dt.datetime(2025, 3, 4, 5, 6, 7)
 FRAMES = [5, 2]
-
-
-def _roundtrip(ds: Dataset) -> Dataset:
-    buf = BytesIO()
-    ds.save_as(buf)
-    buf.seek(0)
-    return pydicom.dcmread(buf)
-
-
-def _assert_dciodvfy_clean(ds: Dataset, path: Path) -> None:
-    if not dciodvfy_available():
-        return
-    ds.save_as(path)
-    errors, _ = run_dciodvfy(path)
-    assert errors == [], errors
-
-
-@pytest.fixture(scope="module")
-def bto_source(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("bto")
-    paths = write_bto(breast_volume(laterality="R"), out, laterality="R", view="CC",
-                      pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=5)
-    return load_series(paths)
-
-
-@pytest.fixture(scope="module")
-def slice_source(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("slices")
-    paths = write_bto(breast_volume(frames=6), out, laterality="L", view="MLO",
-                      pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=6, per_slice=True)
-    return load_series(paths)
 
 
 def _inputs(volume) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +58,7 @@ def test_expected_images(source: str, request: pytest.FixtureRequest, tmp_path: 
     sources = volume.source_datasets
     images, holes = _inputs(volume)
     rows, cols = images.shape[1:]
-    objs = [_roundtrip(o) for o in _encode(volume)]
+    objs = [roundtrip(o) for o in _encode(volume)]
     assert len(objs) == len(FRAMES)
     for i, (obj, frame) in enumerate(zip(objs, FRAMES)):
         assert obj.SOPClassUID == SecondaryCaptureImageStorage
@@ -130,7 +95,7 @@ def test_expected_images(source: str, request: pytest.FixtureRequest, tmp_path: 
         black, white = burn.display_window(holder, index, images[i])
         assert set(np.unique(body[outline])) == {round(black), round(white)}  # dashed
         assert text.min() == round(black) and text.max() == round(white)  # text on black
-        _assert_dciodvfy_clean(obj, tmp_path / f"exp{i}.dcm")
+        assert_dciodvfy_clean(obj, tmp_path / f"exp{i}.dcm")
 
 
 def test_burned_text_differs_with_what_was_computed(bto_source) -> None:
@@ -164,7 +129,7 @@ def test_monochrome1_source_without_window(slice_source, tmp_path: Path) -> None
         ds.RescaleSlope, ds.RescaleIntercept = 2, -10
         del ds.WindowCenter, ds.WindowWidth
     images, holes = _inputs(slice_source)
-    obj = _roundtrip(encode_expected_series(sources, images, FRAMES, holes, model_version="1",
+    obj = roundtrip(encode_expected_series(sources, images, FRAMES, holes, model_version="1",
                                             output_uid_seed="m1")[0])
     assert obj.PhotometricInterpretation == "MONOCHROME1"
     assert (float(obj.RescaleSlope), float(obj.RescaleIntercept)) == (2.0, -10.0)
@@ -175,7 +140,7 @@ def test_monochrome1_source_without_window(slice_source, tmp_path: Path) -> None
     _, text, _ = _body(obj, *images.shape[1:])
     assert text.max() == round(white) and text.min() == round(black)
     assert (text == round(white)).mean() > 0.5  # MONOCHROME1: the band's black is high
-    _assert_dciodvfy_clean(obj, tmp_path / "mono1.dcm")
+    assert_dciodvfy_clean(obj, tmp_path / "mono1.dcm")
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import KeyObjectSelectionDocumentStorage, SecondaryCaptureImageStorage
@@ -18,47 +16,14 @@ from dicom_node.encode import burn
 from dicom_node.encode.display import PREDICTION_RGB
 from dicom_node.encode.keyimages import encode_key_images, encode_key_object_selection
 from dicom_node.encode.labels import ScoreLabels
-from dicom_node.standins.dciodvfy import dciodvfy_available, run_dciodvfy
-from dicom_node.standins.synthetic import write_bto
-from dicom_node.volume import load_series, unflip
-from tests.helpers.dicom_data import blob_mask, breast_volume
+from dicom_node.volume import unflip
+from tests.helpers.dicom_data import assert_dciodvfy_clean, blob_mask, roundtrip
 
 THRESHOLD = 1.5
 PEAKS = {2: 2.6, 5: 1.9}  # frame of each finding's highest score: score
 LABELS = ScoreLabels.from_summary({"rule": "min", "space": "image", "M": 10, "p": 0.5,
                                    "mode": "exact"})
 WHEN = dt.datetime(2025, 3, 4, 5, 6, 7)
-
-
-def _roundtrip(ds: Dataset) -> Dataset:
-    buf = BytesIO()
-    ds.save_as(buf)
-    buf.seek(0)
-    return pydicom.dcmread(buf)
-
-
-def _assert_dciodvfy_clean(ds: Dataset, path: Path) -> None:
-    if not dciodvfy_available():
-        return
-    ds.save_as(path)
-    errors, _ = run_dciodvfy(path)
-    assert errors == [], errors
-
-
-@pytest.fixture(scope="module")
-def bto_source(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("bto")
-    paths = write_bto(breast_volume(laterality="R"), out, laterality="R", view="CC",
-                      pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=5)
-    return load_series(paths)
-
-
-@pytest.fixture(scope="module")
-def slice_source(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("slices")
-    paths = write_bto(breast_volume(frames=6), out, laterality="L", view="MLO",
-                      pixel_spacing_mm=0.1, slice_thickness_mm=1.0, seed=6, per_slice=True)
-    return load_series(paths)
 
 
 def _stored(volume) -> np.ndarray:
@@ -86,7 +51,7 @@ def _encode(volume, seed: str = "job-1", **kwargs) -> list[Dataset]:
 def test_key_images_header(source: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     volume = request.getfixturevalue(source)
     sources = volume.source_datasets
-    images = [_roundtrip(d) for d in _encode(volume)]
+    images = [roundtrip(d) for d in _encode(volume)]
     assert len(images) == 2  # one per finding, highest score first
     for n, (image, frame) in enumerate(zip(images, (2, 5)), start=1):
         assert image.SOPClassUID == SecondaryCaptureImageStorage
@@ -116,7 +81,7 @@ def test_key_images_header(source: str, request: pytest.FixtureRequest, tmp_path
     assert images[0].SeriesInstanceUID == images[1].SeriesInstanceUID
     assert images[0].SOPInstanceUID != images[1].SOPInstanceUID
     for i, image in enumerate(images):
-        _assert_dciodvfy_clean(image, tmp_path / f"key{i}.dcm")
+        assert_dciodvfy_clean(image, tmp_path / f"key{i}.dcm")
 
 
 def _component(heat: np.ndarray, frame: int) -> np.ndarray:
@@ -219,7 +184,7 @@ def test_key_object_selection(source: str, request: pytest.FixtureRequest,
     volume = request.getfixturevalue(source)
     sources = volume.source_datasets
     images = _encode(volume)
-    kos = _roundtrip(encode_key_object_selection(
+    kos = roundtrip(encode_key_object_selection(
         sources, images, [5, 2, 5], model_version="1.2.3", output_uid_seed="job-1",
         created=WHEN))
     assert kos.SOPClassUID == KeyObjectSelectionDocumentStorage and kos.Modality == "KO"
@@ -251,7 +216,7 @@ def test_key_object_selection(source: str, request: pytest.FixtureRequest,
     doc = hd.ko.KeyObjectSelectionDocument.from_dataset(kos)
     for ref in refs:
         assert doc.resolve_reference(ref.ReferencedSOPInstanceUID)[0] == kos.StudyInstanceUID
-    _assert_dciodvfy_clean(kos, tmp_path / "kos.dcm")
+    assert_dciodvfy_clean(kos, tmp_path / "kos.dcm")
 
 
 def test_key_object_selection_checks(bto_source, tmp_path: Path) -> None:
@@ -274,7 +239,7 @@ def test_key_object_selection_checks(bto_source, tmp_path: Path) -> None:
     text = next(item.TextValue for item in a.ContentSequence if item.ValueType == "TEXT"
                 and item.ConceptNameCodeSequence[0].CodeValue == "113012")
     assert "frames (3) hold PICARD findings" in text and "key image" not in text
-    _assert_dciodvfy_clean(a, tmp_path / "kos.dcm")
+    assert_dciodvfy_clean(a, tmp_path / "kos.dcm")
 
 
 # --------------------------------------------------------------------------- burn
