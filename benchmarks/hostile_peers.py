@@ -41,6 +41,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from workers.processes import terminate
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BTO = "1.2.840.10008.5.1.4.1.1.13.1.3"
 
@@ -238,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                               if worker_pid else None),
         })
     finally:
-        node.terminate()
-        try:
-            node.wait(30)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        terminate(node, 30)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
     ok = (figures.get("storescu_returncode") == 0 and figures.get("storescu_seconds", 99) < 30

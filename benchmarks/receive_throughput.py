@@ -36,6 +36,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from workers.processes import terminate
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BTO = "1.2.840.10008.5.1.4.1.1.13.1.3"
 
@@ -173,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(study)
     finally:
         for proc in (dcmtk, node):
-            proc.terminate()
-            proc.wait(30)
+            terminate(proc, 30)
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -24,6 +24,7 @@ from dicom_node.standins.preview import write_previews
 from dicom_node.encode import ScoreLabels
 from dicom_node.results import ResultFolder, results_root
 from models.lab.phantom import make_phantom
+from workers.processes import terminate
 from workers.synthetic_exams import write_exam
 
 
@@ -97,11 +98,7 @@ def run_demo(out: Path, *, seed: int = 7, timeout: float = 900) -> int:
             print(f"no results after {timeout:.0f} s; see {out / 'node.log'}")
             return 1
     finally:
-        node.terminate()
-        try:
-            node.wait(30)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        terminate(node, 30)
         archive.stop()
         node_log.close()
 

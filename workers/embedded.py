@@ -36,6 +36,7 @@ import yaml
 from dicom_node.config import CONFIG_PATH_ENV, Settings
 from dicom_node.spool import atomic_write_bytes
 from dicom_node.spool_lock import SpoolLock
+from workers.processes import terminate
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +103,7 @@ def spawn_worker(settings: Settings, lock: SpoolLock) -> subprocess.Popen:
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """SIGTERM (warm shutdown), then SIGKILL after `timeout` seconds."""
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    terminate(proc, timeout)
 
 
 @dataclass(frozen=True)
