@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -198,15 +199,8 @@ class AuditLog:
             if self._salt is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 path = self.directory / _SALT_FILE
-                try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except FileExistsError:
-                    pass
-                else:
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(secrets.token_bytes(32))
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                if not path.exists():
+                    _publish_once(path, secrets.token_bytes(32))
                 self._salt = path.read_bytes()
             return self._salt
 
@@ -217,3 +211,25 @@ class AuditLog:
             with open(path, encoding="ascii") as fh:
                 out.extend(json.loads(line) for line in fh if line.strip())
         return out
+
+
+def _publish_once(path: Path, data: bytes) -> None:
+    """Create `path` holding `data` unless it exists, never visible half-written.
+
+    The bytes go to a private temporary file first, which is then hard-linked to `path`:
+    the link fails if another process published first, and then its (complete) file wins.
+    Several processes writing the audit trail of one spool therefore share one salt.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -138,3 +139,53 @@ def test_no_patient_name_or_id_in_logs_or_audit(tmp_path: Path, caplog) -> None:
     for value in (PATIENT_NAME, "Doe^Janet", "Janet", PATIENT_ID, "5550199"):
         for text in texts:
             assert value not in text
+
+
+def _reference_after_barrier(spool: str, barrier, results) -> None:
+    barrier.wait()
+    results.put(AuditLog(spool).patient_ref(PATIENT_ID))
+
+
+def test_processes_racing_for_the_salt_share_one(tmp_path: Path) -> None:
+    """Node and workers write one spool's audit trail: the first salt published wins, and no
+    process ever reads a half-written one (same patient, same reference everywhere)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for attempt in range(3):
+        spool = tmp_path / f"spool{attempt}"
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_reference_after_barrier, args=(str(spool), barrier, results))
+                 for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        refs = [results.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+            assert proc.exitcode == 0
+        assert len(set(refs)) == 1
+        assert len((spool / "audit" / ".salt").read_bytes()) == 32
+        assert [p.name for p in (spool / "audit").iterdir() if p.name.startswith(".salt.")] == []
+
+
+def test_salt_appears_whole_and_the_first_published_wins(tmp_path: Path, monkeypatch) -> None:
+    """The salt file only ever appears complete (linked from a finished temporary file); a
+    process that loses the race reads the winner's salt."""
+    import dicom_node.audit as audit
+
+    log = AuditLog(tmp_path / "spool")
+    salt_path = tmp_path / "spool" / "audit" / ".salt"
+    winner = b"w" * 32
+    real_link = os.link
+
+    def link(src: str, dst: os.PathLike) -> None:
+        assert not salt_path.exists()  # nothing visible before the whole salt is written
+        assert len(Path(src).read_bytes()) == 32
+        salt_path.write_bytes(winner)  # another process publishes first
+        real_link(src, dst)
+
+    monkeypatch.setattr(audit.os, "link", link)
+    ref = log.patient_ref(PATIENT_ID)
+    assert salt_path.read_bytes() == winner
+    assert ref == hashlib.sha256(winner + PATIENT_ID.encode()).hexdigest()[:16]
+    assert [p.name for p in salt_path.parent.iterdir()] == [".salt"]
