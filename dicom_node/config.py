@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     series_quiet_seconds : float
         A per-slice series is complete after this many seconds without a new instance.
         Default ``10``.
+    series_release_grace_seconds : float or None
+        A per-slice series is also complete this many seconds after the association that
+        sent its last instance was released normally (for senders that send a series per
+        association). ``None`` (default): the quiet period only, e.g. ``2``. A later instance
+        reopens the series and the earlier result is withdrawn.
     model_bundle : Path or None
         Model bundle folder; ``None`` uses the bundle shipped in ``models/bundles/default``.
     device : str
@@ -195,6 +200,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     destinations: list[Destination] = Field(default_factory=list)
     series_quiet_seconds: float = Field(default=10.0, gt=0)
+    series_release_grace_seconds: float | None = Field(default=None, ge=0)
     model_bundle: Path | None = None
     device: str = "cpu"
     inference_mode: Literal["exact", "fast"] | None = None

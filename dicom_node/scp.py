@@ -112,6 +112,7 @@ class _AssocStats:
     duplicates: int = 0
     nbytes: int = 0
     outcome: str = "connection closed"
+    series: dict[tuple[str, str], SeriesRef] = field(default_factory=dict)
 
 
 class StorageSCP:
@@ -150,8 +151,9 @@ class StorageSCP:
         self.spool = Spool(settings.spool_dir)
         self.audit = AuditLog(settings.spool_dir)
         self.port: int = settings.port
-        self.series = SeriesTracker(self.spool, on_series_complete,
-                                    quiet_seconds=float(settings.series_quiet_seconds))
+        self.series = SeriesTracker(
+            self.spool, on_series_complete, quiet_seconds=float(settings.series_quiet_seconds),
+            release_grace_seconds=settings.series_release_grace_seconds)
         self._ae: NodeAE | None = None
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
@@ -301,13 +303,15 @@ class StorageSCP:
         try:
             if stats is not None:
                 stats.nbytes += src.stat().st_size
-            return self._check_and_spool(src, affected_class, affected_uid)
+            return self._check_and_spool(src, affected_class, affected_uid, stats)
         finally:
             if owned and src.exists():
                 src.unlink()
 
-    def _check_and_spool(self, src: Path, affected_class: str, affected_uid: str) -> int | Dataset:
-        """Check the received file, then spool it (success) or quarantine it (failure)."""
+    def _check_and_spool(self, src: Path, affected_class: str, affected_uid: str,
+                         stats: _AssocStats | None) -> int | Dataset:
+        """Check the received file, then spool it (success) or quarantine it (failure); the
+        association's `stats` remember its series (see :meth:`_handle_released`)."""
         try:
             header = read_instance_header(src)
             if header.sop_class_uid != affected_class:
@@ -328,6 +332,8 @@ class StorageSCP:
                                            series_uid=header.series_uid,
                                            sop_instance_uid=header.sop_instance_uid)
             self.series.note_instance(stored, multi_frame=header.number_of_frames > 1)
+            if stats is not None:
+                stats.series[(header.study_uid, header.series_uid)] = stored.series
         except OSError as exc:
             logger.error("cannot spool instance %s: %s", affected_uid, exc)
             return _failure(StoreStatus.OUT_OF_RESOURCES, f"cannot write spool: {exc}")
@@ -453,6 +459,9 @@ class StorageSCP:
 
     def _handle_released(self, event: Event) -> None:
         self._set_outcome(event.assoc, "released")
+        stats = self._stats(event.assoc)
+        if stats is not None and stats.series:
+            self.series.note_association_released(list(stats.series.values()))
 
     def _handle_aborted(self, event: Event) -> None:
         self._set_outcome(event.assoc, "aborted")

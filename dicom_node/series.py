@@ -9,7 +9,11 @@ A series is complete
 * at once, when a multi-frame instance (``NumberOfFrames > 1``, e.g. one Breast
   Tomosynthesis Image) arrives;
 * otherwise after ``Settings.series_quiet_seconds`` without a new instance of the series
-  (a quiet-period monitor thread, as in mercure's router).
+  (a quiet-period monitor thread, as in mercure's router);
+* or, when ``Settings.series_release_grace_seconds`` is set, that many seconds after the
+  association that sent its last instance was released normally (a sender that sends one
+  series per association need not wait out the quiet period; an instance arriving later
+  reopens the series, and the result of the earlier round is withdrawn).
 
 Then ``on_series_complete(SeriesRef)`` runs once, in the monitor thread. An exception from
 it is logged and the call is retried later with backoff (at most :data:`MAX_RETRY_SECONDS`
@@ -48,6 +52,7 @@ class _SeriesEntry:
     ref: SeriesRef
     last_activity: float
     state: str = "open"  # "open" | "complete" (waiting for / in the callback)
+    release_deadline: float | None = None  # complete then (its association was released)
     attempts: int = 0
     next_try: float = 0.0
 
@@ -65,13 +70,18 @@ class SeriesTracker:
     quiet_seconds : float
         Seconds without a new instance after which a series of single-frame instances is
         complete.
+    release_grace_seconds : float or None
+        Seconds after the normal release of the association that sent a series' last
+        instance after which the series is complete (sooner than the quiet period); None
+        (default): the quiet period only.
     """
 
     def __init__(self, spool: Spool, on_series_complete: Callable[[SeriesRef], Any], *,
-                 quiet_seconds: float) -> None:
+                 quiet_seconds: float, release_grace_seconds: float | None = None) -> None:
         self.spool = spool
         self.on_series_complete = on_series_complete
         self.quiet_seconds = float(quiet_seconds)
+        self.release_grace_seconds = release_grace_seconds
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], _SeriesEntry] = {}
         self._wake = threading.Event()
@@ -137,10 +147,25 @@ class SeriesTracker:
                 self.spool.mark_received(ref)
                 entry.state = "open"
             entry.last_activity = now
+            entry.release_deadline = None
             if multi_frame and entry.state == "open":
                 self._complete(entry, reason="multi-frame instance")
         if multi_frame:
             self._wake.set()
+
+    def note_association_released(self, refs: Collection[SeriesRef]) -> None:
+        """An association that stored instances of `refs` was released normally: each of
+        those series still open completes after ``release_grace_seconds`` unless another
+        instance arrives first. Does nothing when the grace is not configured."""
+        if self.release_grace_seconds is None:
+            return
+        deadline = time.monotonic() + float(self.release_grace_seconds)
+        with self._lock:
+            for ref in refs:
+                entry = self._series.get((ref.study_uid, ref.series_uid))
+                if entry is not None and entry.state == "open":
+                    entry.release_deadline = deadline
+        self._wake.set()
 
     def _complete(self, entry: _SeriesEntry, *, reason: str) -> None:
         """Mark a series complete (caller holds the lock); the monitor runs the callback."""
@@ -151,7 +176,8 @@ class SeriesTracker:
         logger.info("series %s complete (%s)", entry.ref.series_uid, reason)
 
     def _run_monitor(self) -> None:
-        tick = min(max(self.quiet_seconds / 5.0, 0.05), 1.0)
+        shortest = min(self.quiet_seconds, self.release_grace_seconds or self.quiet_seconds)
+        tick = min(max(shortest / 5.0, 0.05), 1.0)
         while not self._stop.is_set():
             self._wake.wait(tick)
             self._wake.clear()
@@ -161,9 +187,13 @@ class SeriesTracker:
             due: list[_SeriesEntry] = []
             with self._lock:
                 for entry in list(self._series.values()):
-                    if entry.state == "open" and now - entry.last_activity >= self.quiet_seconds:
+                    released = (entry.release_deadline is not None
+                                and now >= entry.release_deadline)
+                    if entry.state == "open" and (
+                            released or now - entry.last_activity >= self.quiet_seconds):
                         try:
-                            self._complete(entry, reason="quiet period")
+                            self._complete(entry, reason="association released" if released
+                                           else "quiet period")
                         except OSError as exc:
                             logger.error("cannot mark series %s complete: %s",
                                          entry.ref.series_uid, exc)

@@ -204,6 +204,32 @@ def test_late_instance_reopens_series_duplicate_does_not(tmp_path: Path, make_sc
     assert len(Spool(scp.spool.root).series_files(calls.refs[1])) == 3
 
 
+def test_release_grace_completes_a_series_before_the_quiet_period(tmp_path: Path,
+                                                                   make_scp) -> None:
+    """With ``series_release_grace_seconds`` a series is complete soon after the association
+    that sent it is released; a later instance still reopens it."""
+    scp, calls = make_scp(series_quiet_seconds=60, series_release_grace_seconds=0.2)
+    slices = write_slices(tmp_path / "in", count=4)
+    started = time.monotonic()
+    assert storescu(scp.port, *slices[:3]).returncode == 0
+    assert wait_for(lambda: len(calls.refs) == 1, timeout=10)
+    assert time.monotonic() - started < 30  # not the 60 s quiet period
+    ref = calls.refs[0]
+    assert scp.spool.read_marker(ref, "complete")["reason"] == "association released"
+    assert storescu(scp.port, slices[3]).returncode == 0
+    assert wait_for(lambda: len(calls.refs) == 2, timeout=10)
+    assert len(Spool(scp.spool.root).series_files(calls.refs[1])) == 4
+
+
+def test_without_release_grace_release_changes_nothing(tmp_path: Path, make_scp) -> None:
+    scp, calls = make_scp(series_quiet_seconds=3)
+    assert storescu(scp.port, *write_slices(tmp_path / "in", count=2)).returncode == 0
+    time.sleep(1.0)
+    assert calls.refs == []
+    assert wait_for(lambda: len(calls.refs) == 1, timeout=10)
+    assert scp.spool.read_marker(calls.refs[0], "complete")["reason"] == "quiet period"
+
+
 @pytest.mark.parametrize("ts, flag", [
     (ImplicitVRLittleEndian, "-xi"),
     (DeflatedExplicitVRLittleEndian, "-xd"),

@@ -72,6 +72,33 @@ def test_single_frames_complete_after_the_quiet_period(spool: Spool, tracker) ->
     assert spool.read_marker(first.series, "complete")["reason"] == "quiet period"
 
 
+def test_release_grace_completes_and_a_new_instance_cancels_it(spool: Spool) -> None:
+    calls: list[SeriesRef] = []
+    t = SeriesTracker(spool, calls.append, quiet_seconds=60, release_grace_seconds=0.2)
+    t.start()
+    try:
+        first = store(spool, "1.2.3", "1.2.3.6")
+        t.note_instance(first, multi_frame=False)
+        t.note_association_released([first.series])
+        t.note_instance(store(spool, "1.2.3", "1.2.3.6"), multi_frame=False)  # cancels it
+        time.sleep(0.6)
+        assert calls == []
+        t.note_association_released([first.series])
+        assert wait_for(lambda: calls == [first.series], timeout=3)
+        assert spool.read_marker(first.series, "complete")["reason"] == "association released"
+    finally:
+        t.stop()
+
+
+def test_release_is_ignored_without_a_grace(spool: Spool, tracker) -> None:
+    t, calls = tracker
+    first = store(spool, "1.2.3", "1.2.3.7")
+    t.note_instance(first, multi_frame=False)
+    t.note_association_released([first.series])
+    assert wait_for(lambda: calls == [first.series])
+    assert spool.read_marker(first.series, "complete")["reason"] == "quiet period"
+
+
 def test_a_failing_callback_is_retried(spool: Spool) -> None:
     attempts: list[SeriesRef] = []
 
