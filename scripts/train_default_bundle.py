@@ -29,6 +29,9 @@ the chosen p (best trivial baseline chosen on the same validation volumes). With
 validation selection is run for that bundle, and ``evaluation.json`` says whether the new
 candidate's chosen rule beats it on validation. Test seeds never influence a choice.
 
+``choose``: ``<out>/bundle_chosen``, the candidate with the chosen rule, p, threshold in its
+card, for ``picard-node evaluate --model <out>/bundle_chosen`` (the test run of issue 10).
+
 ``install``: writes the card (version, training text, chosen rule/p/threshold, metrics of
 the test run) and copies the bundle to ``models/bundles/default`` -- only when the candidate
 beat the compared bundle on validation (``--force`` to install anyway).
@@ -62,6 +65,7 @@ SPACING = 0.4
 TRAIN_SEEDS = range(1000, 1040)      # 40 normal volumes (last 4 held out for validation L1)
 TRAIN_SLICES = 16
 VAL_SEED, TEST_SEED = 5000, 9000     # validation: rule, p, threshold; test: reported metrics
+TEST_SEEDS = range(TEST_SEED, TEST_SEED + 6)  # the test volumes of issue 10
 P_GRID = (0.5, 0.25)                 # dropout p tried on validation (official 0.5)
 VERSION = "0.2-synthetic-realistic"
 
@@ -125,7 +129,9 @@ def training_text(out: Path) -> str:
         f"hole jitter 8 px, batch {meta.get('batch_size', 16)}, no dropout in training; "
         f"{iters} critic iterations ({iters // 5} generator steps) in {minutes:.0f} min on {meta.get('device_text', '?')}")
     if init:
-        text += (f"; warm start from {init} (generator and critics weights; fresh Adam state)")
+        version = meta.get("init_from_version")
+        text += (f"; warm start from {init}" + (f" version {version}" if version else "")
+                 + " (generator and critics weights; fresh Adam state)")
     if best:
         text += f"; bundle = iteration {best['iteration']} (best validation L1 {best['val_l1']:.4f})"
     return text
@@ -143,7 +149,10 @@ def stage_train(out: Path, args: argparse.Namespace) -> Path:
     from models.lab.phantom import GENERATOR_VERSION
 
     if args.init_from and not meta.get("init_from"):
+        from models.bundle import read_card
+
         meta["init_from"] = str(args.init_from)
+        meta["init_from_version"] = read_card(args.init_from).get("version")
     device_text = (f"{args.device}" + (f", {args.threads} CPU thread(s)" if args.device == "cpu"
                                         else ""))
     meta.update(ngf=args.ngf, ndf=args.ndf, batch_size=args.batch_size,
@@ -157,7 +166,22 @@ def stage_train(out: Path, args: argparse.Namespace) -> Path:
                    init_from=args.init_from)
     meta["minutes_per_part"].append(round((time.time() - t) / 60, 2))
     meta_path.write_text(json.dumps(meta, indent=1))
+    # the card's training text with this part's iterations and minutes included
+    from models.bundle import CARD_FILE
+
+    card_path = Path(bundle) / CARD_FILE
+    card = json.loads(card_path.read_text())
+    card["training"] = training_text(out)
+    card_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return bundle
+
+
+def lesion_volumes(seeds: range, *, slices: int = 24, rows: int = 224, cols: int = 160) -> list:
+    """The evaluation phantoms of these seeds (:func:`models.lab.evaluate.synthetic_exams`)."""
+    from models.lab.evaluate import synthetic_exams
+
+    return synthetic_exams(seeds.start, len(seeds), slices=slices, rows=rows, cols=cols,
+                           pixel_spacing_mm=SPACING)
 
 
 def _exam_args(args: argparse.Namespace) -> dict:
@@ -187,21 +211,27 @@ def stage_evaluate(out: Path, args: argparse.Namespace) -> dict:
                                  "m": args.m, "p_grid": list(args.p_grid),
                                  "stride": int(model.card["stride"])}}
     sel_path = out / "validation_selection.json"
-    if sel_path.is_file() and args.resume:
-        report["candidate"] = json.loads(sel_path.read_text())
+    key = {"training_iteration": model.card.get("training_iteration"),
+           "p_grid": [float(p) for p in args.p_grid], "stride": int(model.card["stride"])}
+    saved = json.loads(sel_path.read_text()) if sel_path.is_file() else {}
+    if args.resume and all(saved.get(k) == v for k, v in key.items()):
+        report["candidate"] = saved  # same bundle, grid and stride: the selection stands
     else:
         t = time.time()
         report["candidate"] = select_rule_on_validation(model, val, p_grid=args.p_grid, m=args.m)
-        report["candidate"]["seconds"] = round(time.time() - t, 1)
+        report["candidate"].update(key, seconds=round(time.time() - t, 1))
         sel_path.write_text(json.dumps(report["candidate"], indent=1, default=float))
     chosen = report["candidate"]["chosen"]
     logger.info("candidate chosen on validation: %s", chosen)
     if args.compare_with:
         cmp_path = out / "validation_selection_compared.json"
-        if cmp_path.is_file() and args.resume:
-            other = json.loads(cmp_path.read_text())
+        saved = json.loads(cmp_path.read_text()) if cmp_path.is_file() else {}
+        if args.resume and saved.get("p_grid") == key["p_grid"] \
+                and saved.get("stride") == key["stride"]:
+            other = saved
         else:
             ref = Picard.from_bundle(args.compare_with, device=args.device)
+            ref.card["stride"] = key["stride"]  # both bundles scored at the same stride
             other = select_rule_on_validation(ref, val, p_grid=args.p_grid, m=args.m)
             other["bundle"] = str(args.compare_with)
             other["bundle_version"] = ref.card.get("version")
@@ -221,6 +251,45 @@ def stage_evaluate(out: Path, args: argparse.Namespace) -> dict:
     (out / "evaluation.json").write_text(json.dumps(report, indent=1, default=float))
     logger.info("evaluation written to %s", out / "evaluation.json")
     return report
+
+
+def stage_choose(out: Path) -> Path:
+    """``<out>/bundle_chosen``: the candidate with its validation-chosen rule, p, threshold.
+
+    ``picard-node evaluate --model <out>/bundle_chosen`` then scores the test seeds with the
+    same command as any other bundle (the card's p is what its dropout rows use).
+    """
+    from models.lab.evaluate import ROW_TO_CARD
+    from models.picard import Picard
+
+    report = json.loads((out / "evaluation.json").read_text())
+    chosen = report["candidate"]["chosen"]
+    model = Picard.from_bundle(out / "bundle")
+    card = dict(model.card)
+    card.update(metric=ROW_TO_CARD[chosen["row"]][0], M=int(chosen["M"]),
+                stride=int(report["settings"]["stride"]), threshold=float(chosen["threshold"]))
+    card["dropout"] = {**card["dropout"], "p": float(chosen["p"]) if chosen["p"] > 0 else 0.5}
+    dest = model.save_bundle(out / "bundle_chosen", card)
+    logger.info("%s: %s, p=%s, threshold %.4g", dest, chosen["row"], card["dropout"]["p"],
+                chosen["threshold"])
+    return Path(dest)
+
+
+def _evaluation_text(test: dict | None) -> str:
+    """How the card's test metrics were measured (from a picard-node evaluate result)."""
+    if not test:
+        return "not evaluated"
+    st = test["settings"]
+    seeds, shape = st.get("seeds", [TEST_SEED, TEST_SEED]), st.get("volume_shape", [0, 0, 0])
+    vseeds = st.get("validation_seeds") or [VAL_SEED, VAL_SEED - 1]
+    cmd = (f"picard-node evaluate --count {seeds[1] - seeds[0] + 1} --seed {seeds[0]} "
+           f"--validation-count {vseeds[1] - vseeds[0] + 1} --validation-seed {vseeds[0]} "
+           f"--slices {shape[0]} --rows {shape[1]} --cols {shape[2]} --m {st['m']}")
+    return (f"{cmd}: {st['n_exams']} whole volumes ({st['n_slices_scored']} slices), one "
+            "5-30 mm mass each, view and density from the seed; pixels inside the breast; "
+            f"lesions: {st['hit_rule_text']}; detections: local maxima, {st['nms_mm']:g} mm "
+            f"suppression; 95% bootstrap CIs over volumes (n={st['n_boot']}, shared resamples); "
+            "the best trivial baseline chosen on the validation volumes")
 
 
 def stage_install(out: Path, args: argparse.Namespace, test_json: Path | None = None) -> Path | None:
@@ -256,11 +325,7 @@ def stage_install(out: Path, args: argparse.Namespace, test_json: Path | None = 
         threshold=float(chosen["threshold"]),
         threshold_note=(f"lowest {metric} score with <= 1 false-positive detection per volume "
                         f"on the validation volumes (seeds {vs[0]}-{vs[1]}), not the test set"),
-        evaluation=(
-            "picard-node evaluate --count 6 --seed 9000 --validation-count 6 --validation-seed "
-            "5000 --slices 24 --rows 224 --cols 160 --m 10: whole volumes, every slice, one "
-            "5-30 mm mass each; pixels inside the breast; DBTex-like lesion hits; 95% "
-            "bootstrap CIs over volumes"),
+        evaluation=_evaluation_text(test),
         metrics={"test": (test or {}).get("methods", {}).get(chosen["row"]),
                  "test_all_methods": (test or {}).get("methods"),
                  "paired": (test or {}).get("paired"),
@@ -270,12 +335,22 @@ def stage_install(out: Path, args: argparse.Namespace, test_json: Path | None = 
                  "validation_at_choice": chosen,
                  "compared_bundle_on_validation": report.get("compared", {}).get("chosen")},
     )
+    other = report.get("compared")
+    if other:
+        o, c = other["chosen"], chosen
+        card["selection"] += (
+            f"; it replaced {other.get('bundle')} (version {other.get('bundle_version')}) "
+            f"because its chosen rule scored higher on the same validation volumes: "
+            f"{c['selection_score']:.3f} (pixel AUROC {c['validation']['pixel_auroc']:.3f}, "
+            f"sens@2 FP {c['validation']['sens@2fp']:.2f}) against {o['selection_score']:.3f} "
+            f"({o['row']} p={o['p']}: AUROC {o['validation']['pixel_auroc']:.3f}, sens@2 FP "
+            f"{o['validation']['sens@2fp']:.2f}), {other['n_exams']} volumes with one mass each")
     final = out / "bundle_final"
     model.save_bundle(final, card)
     size = sum(f.stat().st_size for f in final.iterdir())
     if size > 25e6:
         raise ValueError(f"bundle is {size / 1e6:.1f} MB, over the 25 MB limit")
-    dest = ROOT / "models" / "bundles" / "default"
+    dest = Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
     for f in final.iterdir():
         shutil.copy2(f, dest / f.name)
@@ -285,7 +360,7 @@ def stage_install(out: Path, args: argparse.Namespace, test_json: Path | None = 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["train", "evaluate", "install", "all"])
+    ap.add_argument("stage", choices=["train", "evaluate", "choose", "install", "all"])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "default")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -312,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-json", type=Path,
                     help="install: metrics from this picard-node evaluate JSON instead")
     ap.add_argument("--force", action="store_true", help="install even if not better")
+    ap.add_argument("--dest", type=Path, default=ROOT / "models" / "bundles" / "default",
+                    help="install: the bundle folder to write")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -319,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         stage_train(args.out, args)
     if args.stage in ("evaluate", "all"):
         stage_evaluate(args.out, args)
+    if args.stage in ("choose", "all"):
+        stage_choose(args.out)
     if args.stage in ("install", "all"):
         stage_install(args.out, args, args.test_json)
     return 0

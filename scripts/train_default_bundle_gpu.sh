@@ -70,21 +70,7 @@ select_rule() {
 test_run() {
   # the chosen rule/p/threshold go into a card first, so picard-node evaluate scores the test
   # seeds exactly as for the shipped bundle (same command, same seeds)
-  "$PY" - "$OUT" "$STRIDE" <<'EOF'
-import json, sys
-from pathlib import Path
-sys.path.insert(0, ".")
-from models.lab.evaluate import ROW_TO_CARD
-from models.picard import Picard
-out, stride = Path(sys.argv[1]), int(sys.argv[2])
-chosen = json.loads((out / "validation_selection.json").read_text())["chosen"]
-model = Picard.from_bundle(out / "bundle")
-card = dict(model.card)
-card.update(metric=ROW_TO_CARD[chosen["row"]][0], M=int(chosen["M"]), stride=stride,
-            threshold=float(chosen["threshold"]))
-card["dropout"] = {**card["dropout"], "p": chosen["p"] if chosen["p"] > 0 else 0.5}
-model.save_bundle(out / "bundle_chosen", card)
-EOF
+  "$PY" scripts/train_default_bundle.py choose --out "$OUT" 2>&1 | tee -a "$OUT/test.log"
   "$NODE" evaluate --model "$OUT/bundle_chosen" "${EVAL[@]}" --device "$DEVICE" \
     --threads "$THREADS" --json "$OUT/test.json" 2>&1 | tee -a "$OUT/test.log"
 }

@@ -82,7 +82,7 @@ def make_initial_bundle(out_dir: str | Path | None = None, *, seed: int = 0) -> 
     return out
 
 
-def card_for(cfg: "TrainConfig", *, threshold: float | None = None,
+def card_for(cfg: TrainConfig, *, threshold: float | None = None,
              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Model card for a model trained with ``cfg``.
 
@@ -118,7 +118,7 @@ def card_for(cfg: "TrainConfig", *, threshold: float | None = None,
     return card
 
 
-def write_bundle_from_checkpoint(best_path: Path, cfg: "TrainConfig", bundle_dir: Path, *,
+def write_bundle_from_checkpoint(best_path: Path, cfg: TrainConfig, bundle_dir: Path, *,
                                  threshold: float | None = None,
                                  card_extra: dict[str, Any] | None = None) -> Path:
     """Write a bundle from a ``best.pt`` file of :func:`train`.

@@ -125,6 +125,25 @@ def _reversed_copy(source: Path, heatmap: np.ndarray, summary: dict, out: Path) 
     return files
 
 
+#: Threshold of the viewer test's bundle: the shipped weights find nothing at the card's
+#: threshold in this small exam (their scores stay below it), and the viewer test needs
+#: findings to draw. Every object names the threshold it used (version suffix, SEG label).
+VIEWER_THRESHOLD = 20.0
+
+
+def _viewer_bundle(out: Path) -> Path:
+    """The shipped bundle with :data:`VIEWER_THRESHOLD`, its version saying so."""
+    from models.bundle import default_bundle_path
+
+    shutil.copytree(default_bundle_path(), out)
+    card_path = out / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["threshold"] = VIEWER_THRESHOLD
+    card["version"] = f"{card['version']}-viewer-test-threshold-{VIEWER_THRESHOLD:g}"
+    card_path.write_text(json.dumps(card, indent=1))
+    return out
+
+
 @pytest.fixture(scope="session")
 def scored_study(tmp_path_factory: pytest.TempPathFactory) -> ScoredStudy:
     """``picard-node synth`` + ``picard-node score`` (offline), and the reversed copy."""
@@ -132,8 +151,9 @@ def scored_study(tmp_path_factory: pytest.TempPathFactory) -> ScoredStudy:
     _cli("synth", str(work / "exam"), *EXAM_ARGS, cwd=work)
     sources = sorted((work / "exam").glob("*.dcm"))
     truth = sorted((work / "exam" / "truth").glob("*.dcm"))
+    bundle = _viewer_bundle(work / "bundle")
     _cli("score", *map(str, sources), "--out", str(work / "scored"), "--objects", "all",
-         cwd=work)
+         "--model", str(bundle), cwd=work)
     (result_dir,) = sorted((work / "scored" / "results").iterdir())
     summary = json.loads((result_dir / "result.json").read_text())
     objects = sorted((result_dir / "objects").glob("*.dcm"))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from dicom_node.config import Settings
 from dicom_node.spool import SeriesRef, Spool
+from workers import pipeline
 from workers.cli import main
 
 
@@ -43,3 +46,17 @@ def spooled_series(settings: Settings, exam_files: list[Path]) -> SeriesRef:
         spool.mark_received(ref)
     spool.mark_complete(ref, reason="test")
     return ref
+
+
+@pytest.fixture(scope="session")
+def low_threshold_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped bundle with its threshold at 0: every scored voxel is a finding, so the
+    finding-dependent objects (key images, expected tissue) always exist."""
+    out = tmp_path_factory.mktemp("bundle") / "low-threshold"
+    shutil.copytree(pipeline.default_bundle(), out)
+    card_path = out / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["threshold"] = 0.0
+    card["version"] = f"{card['version']}-test-threshold-0"
+    card_path.write_text(json.dumps(card))
+    return out

@@ -19,8 +19,9 @@ from tests.helpers.servers import free_port, start_storescp, stop_process
 from workers import pipeline
 
 
-def _analyzed(settings: Settings, ref: SeriesRef) -> ResultFolder:
-    outcome = pipeline.analyze(Path(ref.directory), results_root(settings.spool_dir))
+def _analyzed(settings: Settings, ref: SeriesRef, bundle: Path | None = None) -> ResultFolder:
+    outcome = pipeline.analyze(Path(ref.directory), results_root(settings.spool_dir),
+                               bundle=bundle)
     assert outcome.computed
     return outcome.folder
 
@@ -40,8 +41,9 @@ def test_analyze_writes_the_folder_once(settings: Settings, spooled_series: Seri
     assert not again.computed and again.folder.path == folder.path
 
 
-def test_encode_is_idempotent(settings: Settings, spooled_series: SeriesRef) -> None:
-    folder = _analyzed(settings, spooled_series)
+def test_encode_is_idempotent(settings: Settings, spooled_series: SeriesRef,
+                              low_threshold_bundle: Path) -> None:
+    folder = _analyzed(settings, spooled_series, low_threshold_bundle)  # findings: an SR
     assert not folder.encoded
     paths = pipeline.encode(folder.path)
     assert folder.encoded and paths == folder.objects()
@@ -53,8 +55,9 @@ def test_encode_is_idempotent(settings: Settings, spooled_series: SeriesRef) -> 
 
 
 def test_export_delivers_once_and_marks_the_series_done(
-        tmp_path: Path, settings: Settings, spooled_series: SeriesRef) -> None:
-    folder = _analyzed(settings, spooled_series)
+        tmp_path: Path, settings: Settings, spooled_series: SeriesRef,
+        low_threshold_bundle: Path) -> None:
+    folder = _analyzed(settings, spooled_series, low_threshold_bundle)
     pipeline.encode(folder.path)
     proc, port = start_storescp(tmp_path / "pacs")
     try:

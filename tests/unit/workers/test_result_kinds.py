@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +25,6 @@ from tests.helpers.servers import start_storescp, stop_process
 from workers import pipeline
 
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
-
-
-@pytest.fixture(scope="module")
-def low_threshold_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped bundle with its threshold at 0: every scored voxel is a finding, so the
-    finding-dependent objects (key images, expected tissue) always exist."""
-    out = tmp_path_factory.mktemp("bundle") / "low-threshold"
-    shutil.copytree(pipeline.default_bundle(), out)
-    card_path = out / "model_card.json"
-    card = json.loads(card_path.read_text())
-    card["threshold"] = 0.0
-    card["version"] = f"{card['version']}-test-threshold-0"
-    card_path.write_text(json.dumps(card))
-    return out
 
 
 @pytest.fixture

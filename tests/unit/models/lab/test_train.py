@@ -26,9 +26,9 @@ def _one_thread() -> None:
 
 
 def _tiny(**kw) -> TrainConfig:
-    base = dict(window=32, hole=16, max_delta=4, stride=8, pixel_spacing_mm=0.8, ngf=4, ndf=4,
-                batch_size=2, iterations=6, n_critic=2, val_every=3, checkpoint_every=3,
-                val_windows=4, m=2)
+    base = {"window": 32, "hole": 16, "max_delta": 4, "stride": 8, "pixel_spacing_mm": 0.8,
+            "ngf": 4, "ndf": 4, "batch_size": 2, "iterations": 6, "n_critic": 2, "val_every": 3,
+            "checkpoint_every": 3, "val_windows": 4, "m": 2}
     base.update(kw)
     return TrainConfig(**base)
 
