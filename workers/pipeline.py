@@ -250,7 +250,9 @@ def encode(result_dir: Path, *, spool_dir: Path | None = None,
     if any(k.needs_source_pixels for k in missing):
         source = load_series([Path(p) for p in summary["sources"]])
         pixels = stored_values(unflip(source.pixels, source), source.source_datasets[0])
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in summary["sources"]]
+        sources = source.source_datasets  # the headers, already read with the pixels
+    else:
+        sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in summary["sources"]]
     spread_entry = summary.get("spread")
     objects: list[tuple[ResultKind | None, Any]] = list(encode_result_objects(
         missing, sources, folder.heatmap(), threshold=summary["threshold"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from models import Picard
@@ -31,3 +33,20 @@ def tiny_picard(card: dict, seed: int = 0) -> Picard:
     g = torch.Generator().manual_seed(seed)
     nets = [he_normal_(n, generator=g) for n in (CompletionNetwork(4), Critic(4, 16), Critic(4, 32))]
     return Picard(*nets, card=card)
+
+
+def bundle_with_threshold(out: Path, threshold: float, tag: str) -> Path:
+    """A copy of the shipped bundle at ``out`` with another SEG threshold; its card version
+    gets ``-<tag>-threshold-<t>`` so every result object says which threshold it used."""
+    import json
+    import shutil
+
+    from models.bundle import default_bundle_path
+
+    shutil.copytree(default_bundle_path(), out)
+    card_path = Path(out) / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["threshold"] = float(threshold)
+    card["version"] = f"{card['version']}-{tag}-threshold-{threshold:g}"
+    card_path.write_text(json.dumps(card, indent=1))
+    return Path(out)

@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from tests.helpers.servers import REPO_ROOT, Orthanc
+from tests.helpers.tiny_models import bundle_with_threshold
 from tests.viewer import ohif
 from tests.viewer.server import ViewerServer
 
@@ -131,19 +132,6 @@ def _reversed_copy(source: Path, heatmap: np.ndarray, summary: dict, out: Path) 
 VIEWER_THRESHOLD = 20.0
 
 
-def _viewer_bundle(out: Path) -> Path:
-    """The shipped bundle with :data:`VIEWER_THRESHOLD`, its version saying so."""
-    from models.bundle import default_bundle_path
-
-    shutil.copytree(default_bundle_path(), out)
-    card_path = out / "model_card.json"
-    card = json.loads(card_path.read_text())
-    card["threshold"] = VIEWER_THRESHOLD
-    card["version"] = f"{card['version']}-viewer-test-threshold-{VIEWER_THRESHOLD:g}"
-    card_path.write_text(json.dumps(card, indent=1))
-    return out
-
-
 @pytest.fixture(scope="session")
 def scored_study(tmp_path_factory: pytest.TempPathFactory) -> ScoredStudy:
     """``picard-node synth`` + ``picard-node score`` (offline), and the reversed copy."""
@@ -151,7 +139,7 @@ def scored_study(tmp_path_factory: pytest.TempPathFactory) -> ScoredStudy:
     _cli("synth", str(work / "exam"), *EXAM_ARGS, cwd=work)
     sources = sorted((work / "exam").glob("*.dcm"))
     truth = sorted((work / "exam" / "truth").glob("*.dcm"))
-    bundle = _viewer_bundle(work / "bundle")
+    bundle = bundle_with_threshold(work / "bundle", VIEWER_THRESHOLD, "viewer-test")
     _cli("score", *map(str, sources), "--out", str(work / "scored"), "--objects", "all",
          "--model", str(bundle), cwd=work)
     (result_dir,) = sorted((work / "scored" / "results").iterdir())

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from dicom_node.config import Settings
 from dicom_node.spool import SeriesRef, Spool
-from workers import pipeline
+from tests.helpers.tiny_models import bundle_with_threshold
 from workers.cli import main
 
 
@@ -52,11 +50,5 @@ def spooled_series(settings: Settings, exam_files: list[Path]) -> SeriesRef:
 def low_threshold_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped bundle with its threshold at 0: every scored voxel is a finding, so the
     finding-dependent objects (key images, expected tissue) always exist."""
-    out = tmp_path_factory.mktemp("bundle") / "low-threshold"
-    shutil.copytree(pipeline.default_bundle(), out)
-    card_path = out / "model_card.json"
-    card = json.loads(card_path.read_text())
-    card["threshold"] = 0.0
-    card["version"] = f"{card['version']}-test-threshold-0"
-    card_path.write_text(json.dumps(card))
-    return out
+    return bundle_with_threshold(tmp_path_factory.mktemp("bundle") / "low-threshold", 0.0,
+                                 "test")
