@@ -61,7 +61,7 @@ from models.lab.train import TrainConfig, train
 
 logger = logging.getLogger("train_default_bundle")
 
-SPACING = 0.4
+SPACING = 0.4                        # pixel size the phantoms are made at (and evaluated on)
 TRAIN_SEEDS = range(1000, 1040)      # 40 normal volumes (last 4 held out for validation L1)
 TRAIN_SLICES = 16
 VAL_SEED, TEST_SEED = 5000, 9000     # validation: rule, p, threshold; test: reported metrics
@@ -71,9 +71,9 @@ VERSION = "0.2-synthetic-realistic"
 
 
 def train_config(*, ngf: int = 8, ndf: int = 8, stride: int = 16, minutes: float | None = None,
-                 batch_size: int = 16, threads: int = 1) -> TrainConfig:
-    """Reduced configuration of the default bundle (window 64 / hole 32 at 0.4 mm)."""
-    return TrainConfig(window=64, hole=32, max_delta=8, stride=stride, pixel_spacing_mm=SPACING,
+                 batch_size: int = 16, threads: int = 1, spacing: float = SPACING) -> TrainConfig:
+    """Reduced configuration of the default bundle (window 64 / hole 32 at ``spacing`` mm)."""
+    return TrainConfig(window=64, hole=32, max_delta=8, stride=stride, pixel_spacing_mm=spacing,
                        ngf=ngf, ndf=ndf, batch_size=batch_size, iterations=1_000_000,
                        val_every=250, checkpoint_every=250, val_windows=128, threads=threads,
                        seed=0, m=10, metric="MeanCD_image", max_minutes=minutes,
@@ -94,12 +94,23 @@ def normal_phantom(seed: int):
                         pixel_spacing_mm=SPACING, view=view, birads=birads)
 
 
-def normal_volumes() -> tuple[list[np.ndarray], list[dict]]:
+def to_model_grid(volume: np.ndarray, spacing: float) -> np.ndarray:
+    """A phantom made at :data:`SPACING` on a model grid of ``spacing`` mm, resampled as the
+    node resamples a series (:func:`models.stream.load_slice`: antialiased bilinear)."""
+    if spacing == SPACING:
+        return volume
+    from models.stream import grid_size, load_slice
+
+    size = grid_size(volume.shape[1:], (SPACING, SPACING), spacing)
+    return np.stack([load_slice(s, size, None) for s in volume])
+
+
+def normal_volumes(spacing: float = SPACING) -> tuple[list[np.ndarray], list[dict]]:
     vols, info = [], []
     for s in TRAIN_SEEDS:
         p = normal_phantom(s)
-        vols.append(p.volume)
-        info.append({"seed": s, "shape": list(p.volume.shape), "view": p.view,
+        vols.append(to_model_grid(p.volume, spacing))
+        info.append({"seed": s, "shape": list(vols[-1].shape), "view": p.view,
                      "birads": p.info.get("birads"), "density": p.info.get("density"),
                      "real_size": bool(p.info.get("real_size"))})
     return vols, info
@@ -117,15 +128,21 @@ def training_text(out: Path) -> str:
     init = meta.get("init_from")
     n = len(TRAIN_SEEDS)
     n_val = max(1, round(0.1 * n))
+    spacing = float(meta.get("spacing_mm", SPACING))
+    grid = ("" if spacing == SPACING else
+            f", resampled to {spacing:g} mm as the node resamples a series (antialiased bilinear)")
+    hole_mm = 32 * spacing
     text = (
         f"models.lab.train on {n} normal realistic synthetic DBT phantoms (models.lab.phantom "
         f"generator {meta.get('generator', '?')}, lesions=0, seeds {TRAIN_SEEDS.start}-"
-        f"{TRAIN_SEEDS.stop - 1}, {TRAIN_SLICES} slices at 0.4 mm; BI-RADS density a-d and CC/MLO "
-        "drawn from the seed; even seeds real-size breasts (size and thickness from population "
-        "ranges, about 362 x 272 px), odd seeds breasts fitted into 224-320 x 160-240 px; last "
+        f"{TRAIN_SEEDS.stop - 1}, {TRAIN_SLICES} slices made at {SPACING:g} mm{grid}; BI-RADS "
+        "density a-d and CC/MLO drawn from the seed; even seeds real-size breasts (size and "
+        "thickness from population ranges, about 362 x 272 px at 0.4 mm), odd seeds breasts "
+        "fitted into 224-320 x 160-240 px at 0.4 mm; last "
         f"{n_val} held out for the validation L1); WGAN-GP with the official loss weights; "
         f"reduced configuration ngf={meta.get('ngf', '?')}, ndf={meta.get('ndf', '?')}, window "
-        "64, hole 32 (official 256/128 at ~0.1 mm: the same physical hole of ~12.8 mm), max "
+        f"64, hole 32 at {spacing:g} mm (a hole of {hole_mm:.1f} mm; official 256/128 at "
+        "~0.1 mm: 12.8 mm), max "
         f"hole jitter 8 px, batch {meta.get('batch_size', 16)}, no dropout in training; "
         f"{iters} critic iterations ({iters // 5} generator steps) in {minutes:.0f} min on {meta.get('device_text', '?')}")
     if init:
@@ -139,10 +156,10 @@ def training_text(out: Path) -> str:
 
 def stage_train(out: Path, args: argparse.Namespace) -> Path:
     cfg = train_config(ngf=args.ngf, ndf=args.ndf, stride=args.stride, minutes=args.minutes,
-                       threads=args.threads, batch_size=args.batch_size)
+                       threads=args.threads, batch_size=args.batch_size, spacing=args.spacing)
     out.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    vols, info = normal_volumes()
+    vols, info = normal_volumes(args.spacing)
     logger.info("made %d normal volumes in %.0f s", len(vols), time.time() - t)
     meta_path = out / "train_meta.json"
     meta = json.loads(meta_path.read_text()) if (args.resume and meta_path.is_file()) else {}
@@ -155,7 +172,7 @@ def stage_train(out: Path, args: argparse.Namespace) -> Path:
         meta["init_from_version"] = read_card(args.init_from).get("version")
     device_text = (f"{args.device}" + (f", {args.threads} CPU thread(s)" if args.device == "cpu"
                                         else ""))
-    meta.update(ngf=args.ngf, ndf=args.ndf, batch_size=args.batch_size,
+    meta.update(ngf=args.ngf, ndf=args.ndf, batch_size=args.batch_size, spacing_mm=args.spacing,
                 generator=GENERATOR_VERSION, volumes=info,
                 device_text=device_text)
     meta.setdefault("minutes_per_part", [])
@@ -200,7 +217,7 @@ def stage_evaluate(out: Path, args: argparse.Namespace) -> dict:
     model = Picard.from_bundle(out / "bundle", device=args.device)
     if args.stride:
         model.card["stride"] = int(args.stride)
-    spacing = float(model.card["pixel_spacing_mm"])
+    spacing = SPACING  # the evaluation phantoms' grid; a model of another size resamples
     val = synthetic_exams(args.validation_seed, args.validation_count,
                           pixel_spacing_mm=spacing, **_exam_args(args))
     report: dict = {"settings": {"validation_seeds": [args.validation_seed,
@@ -367,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ngf", type=int, default=8, help="generator width (official 32)")
     ap.add_argument("--ndf", type=int, default=8, help="critic width (official 32)")
     ap.add_argument("--stride", type=int, default=16, help="heatmap stride (card; evaluation)")
+    ap.add_argument("--spacing", type=float, default=SPACING,
+                    help="model pixel size in mm (train); phantoms are made at 0.4 mm and "
+                         "resampled to it")
     ap.add_argument("--batch-size", type=int, default=16, help="training windows per step")
     ap.add_argument("--minutes", type=float, default=60.0, help="training wall time of this part")
     ap.add_argument("--resume", action="store_true",

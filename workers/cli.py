@@ -243,7 +243,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = Picard.from_bundle(args.model, device=args.device or "cpu")
-    spacing = float(model.card["pixel_spacing_mm"])
+    spacing = float(args.pixel_spacing)  # the phantoms' grid; the model scores on its own
 
     def exams(first: int, count: int) -> list:
         # one 5-30 mm mass per volume; view and density from the seed
@@ -259,6 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result["settings"].update(
         bundle=str(args.model or "default"), seeds=[args.seed, args.seed + args.count - 1],
         volume_shape=[args.slices, args.rows, args.cols], pixel_spacing_mm=spacing,
+        model_pixel_spacing_mm=float(model.card["pixel_spacing_mm"]),
         validation_seeds=([args.validation_seed, args.validation_seed + args.validation_count - 1]
                           if args.validation_count else None),
         threads=torch.get_num_threads(), device=str(model.device))
@@ -440,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=24, help="slices per volume (all scored)")
     p.add_argument("--rows", type=int, default=224)
     p.add_argument("--cols", type=int, default=160)
+    p.add_argument("--pixel-spacing", type=float, default=0.4,
+                   help="mm per pixel of the phantoms (rows x cols at this size); a model "
+                        "with another pixel size scores each slice resampled to its own, as "
+                        "the node does, and the metrics are counted on the phantoms' grid")
     p.add_argument("--m", type=int, default=10, help="completions per window (dropout rules)")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")

@@ -256,7 +256,8 @@ def compare_methods(model: Any, exams: Sequence[Any], *, m: int = 10, n_boot: in
         A loaded model (its card gives window, hole, stride, dropout p and pixel spacing).
     exams : sequence
         Phantom-like objects (``volume``, ``lesion_mask``, ``lesions``, ``breast_mask``,
-        ``pixel_spacing_mm``, ``slice_thickness_mm``) at the model's pixel spacing.
+        ``pixel_spacing_mm``, ``slice_thickness_mm``) at any pixel spacing (the model
+        scores each slice on its own grid and its maps are resampled back, as in the node).
     m : int, default 10
         Completions per window for the dropout rules.
     n_boot, seed : int
@@ -343,7 +344,8 @@ def compare_methods(model: Any, exams: Sequence[Any], *, m: int = 10, n_boot: in
         truths.append(truth)
         n_slices += len(idx)
         nms_z = max(1, round(min_distance_mm / float(exam.slice_thickness_mm)))
-        maps = method_heatmaps(model, exam.volume, idx, m=m, seed=seed)
+        maps = method_heatmaps(model, exam.volume, idx, m=m, seed=seed,
+                               pixel_spacing_mm=exam.pixel_spacing_mm)
         for name, b in chosen_baselines.items():
             maps[name] = b(exam.volume, pixel_spacing_mm=exam.pixel_spacing_mm,
                            tissue_level=tissue_level)[idx]
@@ -464,7 +466,8 @@ def select_rule_on_validation(model: Any, exams: Sequence[Any], *,
             for exam in exams:
                 t = time.time()
                 idx = list(range(exam.volume.shape[0]))
-                maps = method_heatmaps(model, exam.volume, idx, m=m, seed=seed, methods=names)
+                maps = method_heatmaps(model, exam.volume, idx, m=m, seed=seed, methods=names,
+                                       pixel_spacing_mm=exam.pixel_spacing_mm)
                 truth = _SliceView(exam, idx)
                 nms_z = max(1, round(min_distance_mm / float(exam.slice_thickness_mm)))
                 for n in names:

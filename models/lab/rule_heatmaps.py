@@ -23,6 +23,7 @@ from models.heatmap import (
     prepare_slice,
     upsample_scores,
 )
+from models.stream import grid_size, load_slice, resample_slice
 
 __all__ = ["METHODS", "method_heatmaps", "method_specs"]
 
@@ -116,9 +117,28 @@ def _window_scores(model: Any, x: torch.Tensor, mask: torch.Tensor, m: int,
     return out
 
 
+def _on_model_grid(model: Any, vol: np.ndarray, slice_idx: Sequence[int] | None,
+                   spacing: float, **kwargs: Any) -> dict[str, np.ndarray]:
+    """:func:`method_heatmaps` of a volume at ``spacing`` mm, scored on the model's grid."""
+    idx = list(range(vol.shape[0])) if slice_idx is None else [int(z) for z in slice_idx]
+    h, w = vol.shape[1:]
+    size = grid_size((h, w), (spacing, spacing), float(model.card["pixel_spacing_mm"]))
+    small = np.stack([load_slice(vol[z], size, None) for z in idx])
+    maps = method_heatmaps(model, small, None, **kwargs)
+    air = np.asarray(vol[idx]) <= float(model.card["tissue_level"])
+    out = {}
+    for name, grid_maps in maps.items():
+        back = np.stack([resample_slice(s, (h, w)) for s in grid_maps])
+        if kwargs.get("mask_air", True):
+            back[air] = 0.0
+        out[name] = back
+    return out
+
+
 def method_heatmaps(model: Any, volume: np.ndarray, slice_idx: Sequence[int] | None = None, *,
                     m: int = 10, seed: int = 0, methods: Sequence[str] | None = None,
-                    mask_air: bool = True) -> dict[str, np.ndarray]:
+                    mask_air: bool = True,
+                    pixel_spacing_mm: float | None = None) -> dict[str, np.ndarray]:
     """Heatmaps of the :data:`METHODS` rules for some slices, from shared completions.
 
     Every tissue window of every slice is completed ``m`` times with dropout (and once
@@ -145,6 +165,10 @@ def method_heatmaps(model: Any, volume: np.ndarray, slice_idx: Sequence[int] | N
     mask_air : bool, default True
         Set air pixels (``<= card["tissue_level"]``) to 0, as
         :meth:`models.picard.Picard.heatmap` does.
+    pixel_spacing_mm : float, optional
+        In-plane spacing of ``volume``; default the model's. When it differs, each slice is
+        resampled to the model's grid, scored there and its maps resampled back, as
+        :meth:`models.picard.Picard.score_volume` does in the node.
 
     Returns
     -------
@@ -154,6 +178,10 @@ def method_heatmaps(model: Any, volume: np.ndarray, slice_idx: Sequence[int] | N
     vol = np.asarray(volume)
     if vol.ndim != 3:
         raise ValueError(f"volume must be (Z, H, W), got shape {vol.shape}")
+    target = float(model.card["pixel_spacing_mm"])
+    if pixel_spacing_mm is not None and float(pixel_spacing_mm) != target:
+        return _on_model_grid(model, vol, slice_idx, float(pixel_spacing_mm), m=m, seed=seed,
+                              methods=methods, mask_air=mask_air)
     names = list(METHODS) if methods is None else list(methods)
     unknown = [n for n in names if n not in METHODS]
     if unknown:

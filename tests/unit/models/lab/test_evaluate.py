@@ -197,6 +197,29 @@ def test_method_heatmaps_share_completions_and_batch_across_slices(tiny_setup) -
         method_heatmaps(model, vol, [1], methods=["MedCD image"])
 
 
+def test_method_heatmaps_of_a_finer_volume_are_scored_on_the_model_grid(tiny_setup) -> None:
+    from models.stream import load_slice, resample_slice
+
+    model, _ = tiny_setup  # a 0.8 mm model
+    from models.lab.phantom import make_phantom
+
+    fine = make_phantom(seed=4, lesions=1, slices=3, rows=128, cols=96, pixel_spacing_mm=0.4,
+                        lesion_diameter_mm=(8.0, 12.0)).volume
+    maps = method_heatmaps(model, fine, [0, 2], m=2, seed=1, pixel_spacing_mm=0.4)
+    coarse = np.stack([load_slice(fine[z], (64, 48), None) for z in (0, 2)])
+    on_grid = method_heatmaps(model, coarse, m=2, seed=1)
+    air = fine[[0, 2]] <= model.card["tissue_level"]
+    for k in METHODS:
+        assert maps[k].shape == (2, 128, 96)
+        expected = np.stack([resample_slice(s, (128, 96)) for s in on_grid[k]])
+        expected[air] = 0.0
+        np.testing.assert_allclose(maps[k], expected, rtol=1e-6, atol=1e-6)
+        assert maps[k][~air].std() > 0
+    same = method_heatmaps(model, coarse, m=2, seed=1, pixel_spacing_mm=0.8)
+    for k in METHODS:
+        np.testing.assert_array_equal(same[k], on_grid[k])
+
+
 def test_slice_subset_keeps_z_distances() -> None:
     from models.lab.evaluate import _SliceView
     from models.lab.phantom import make_phantom
