@@ -2,7 +2,7 @@
 
 A detection figure means something only beside detectors that know nothing about normal
 tissue, measured the same way. On synthetic phantoms a mass is a blob a little brighter
-than the glandular tissue around it, so two one-line filters are the floor any learned
+than the glandular tissue around it, so three one-line filters are the floor any learned
 detector has to clear:
 
 * :func:`raw_intensity` -- the pixel value itself (brighter = more suspicious).
@@ -12,6 +12,12 @@ detector has to clear:
   blob and a uniform brightness offset cancels. The scales are fixed here in millimetres,
   chosen before looking at any test data: 1 mm smooths pixel noise, 8 mm is about the radius
   of a mid-sized (5-30 mm) mass.
+* :func:`smoothed_intensity` -- the slice blurred in plane with a Gaussian of sigma 4 mm
+  over tissue: brightness averaged over about a mass's size. Added after a diagnostic on
+  the validation volumes (seeds 5000-5003, never the test seeds) showed a 12.8 mm local
+  mean ranking mass pixels above raw intensity there (pixel AUROC 0.85-0.93 against
+  0.81-0.92): masses as dense as gland are brighter than the fat-gland mixture on average
+  but not pixel by pixel. Sigma fixed at 4 mm (a 12.8 mm box has sigma 3.7 mm), not tuned.
 
 Each function takes a volume ``(slices, rows, cols)`` in ``[0, 1]`` (0 = air) and its
 in-plane pixel spacing and returns a heatmap on the same grid in which air
@@ -41,6 +47,7 @@ __all__ = [
     "baseline_heatmaps",
     "difference_of_gaussians",
     "raw_intensity",
+    "smoothed_intensity",
 ]
 
 #: Default tissue level in image units (the model cards' ``tissue_level``).
@@ -145,6 +152,37 @@ def difference_of_gaussians(volume: np.ndarray, *, pixel_spacing_mm: float | Seq
     return heat
 
 
+def smoothed_intensity(volume: np.ndarray, *, pixel_spacing_mm: float | Sequence[float],
+                       sigma_mm: float = 4.0, tissue_level: float = TISSUE_LEVEL) -> np.ndarray:
+    """In-plane Gaussian blur of each slice over tissue (normalised convolution).
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        ``(slices, rows, cols)`` in ``[0, 1]`` (a 2D slice is accepted as one slice).
+    pixel_spacing_mm : float or (float, float)
+        In-plane spacing (row, col), to turn the sigma into pixels.
+    sigma_mm : float, default 4
+        Gaussian sigma in mm; > 0.
+    tissue_level : float, default 0.02
+        Pixels at or below it are air: left out of the blur (the skin line is not darkened),
+        and score 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(slices, rows, cols)`` float32.
+    """
+    if not sigma_mm > 0:
+        raise ValueError(f"sigma_mm must be > 0, got {sigma_mm!r}")
+    sy, sx = _spacing(pixel_spacing_mm)
+    vol = _as_volume(volume)
+    tissue = (vol > tissue_level).astype(np.float32)
+    heat = _tissue_blur(vol, tissue, (sigma_mm / sy, sigma_mm / sx)).astype(np.float32)
+    heat[tissue == 0] = 0.0
+    return heat
+
+
 @dataclass(frozen=True)
 class Baseline:
     """A trivial detector with its fixed parameters.
@@ -194,6 +232,11 @@ BASELINES: dict[str, Baseline] = {
         label="DoG 1-8 mm: in-plane blur sigma 1 mm - sigma 8 mm, over tissue",
         description="in-plane Gaussian blur sigma 1 mm minus sigma 8 mm, each over tissue only "
                     "(normalised convolution); air 0"),
+    "smoothed intensity 4 mm": Baseline(
+        "smoothed intensity 4 mm", smoothed_intensity, {"sigma_mm": 4.0},
+        label="smoothed intensity 4 mm: in-plane blur sigma 4 mm, over tissue",
+        description="in-plane Gaussian blur sigma 4 mm over tissue only (normalised "
+                    "convolution); air 0"),
 }
 
 

@@ -12,6 +12,7 @@ from models.lab.baselines import (
     baseline_heatmaps,
     difference_of_gaussians,
     raw_intensity,
+    smoothed_intensity,
 )
 
 SPACING = 0.5  # mm
@@ -61,6 +62,20 @@ def test_raw_intensity_is_the_pixel_value_in_tissue() -> None:
     vol = _volume(air_border=5)
     heat = raw_intensity(vol, pixel_spacing_mm=SPACING)
     np.testing.assert_array_equal(heat[:, :, 5:], vol[:, :, 5:])
+
+
+def test_smoothed_intensity_averages_tissue_only() -> None:
+    vol = np.full((2, 60, 60), 0.5, np.float32)
+    vol[:, :, :20] = 0.0  # air: neither darkens the tissue next to it nor scores
+    heat = smoothed_intensity(vol, pixel_spacing_mm=SPACING, sigma_mm=4.0)
+    np.testing.assert_allclose(heat[:, :, 20:], 0.5, atol=1e-5)
+    assert np.all(heat[:, :, :20] == 0.0)
+    # a bright speck is spread over its surroundings: its peak falls, its neighbours rise
+    vol[0, 30, 40] = 1.0
+    heat = smoothed_intensity(vol, pixel_spacing_mm=SPACING, sigma_mm=4.0)
+    assert 0.5 < heat[0, 30, 40] < 0.6 and heat[0, 30, 44] > 0.5
+    with pytest.raises(ValueError, match="sigma_mm must be > 0"):
+        smoothed_intensity(vol, pixel_spacing_mm=SPACING, sigma_mm=0.0)
 
 
 def test_dog_scales_are_in_mm() -> None:
