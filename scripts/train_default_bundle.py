@@ -241,17 +241,25 @@ def stage_evaluate(out: Path, args: argparse.Namespace) -> dict:
     chosen = report["candidate"]["chosen"]
     logger.info("candidate chosen on validation: %s", chosen)
     if args.compare_with:
+        from models.bundle import read_card
+
         cmp_path = out / "validation_selection_compared.json"
         saved = json.loads(cmp_path.read_text()) if cmp_path.is_file() else {}
+        ref_card = read_card(args.compare_with)
+        # both bundles at the same stride in pixels when they share a pixel size; a bundle on
+        # another grid keeps its own card's stride
+        same_grid = float(ref_card["pixel_spacing_mm"]) == float(model.card["pixel_spacing_mm"])
+        ref_stride = key["stride"] if same_grid else int(ref_card["stride"])
         if args.resume and saved.get("p_grid") == key["p_grid"] \
-                and saved.get("stride") == key["stride"]:
+                and saved.get("stride") == ref_stride \
+                and saved.get("training_iteration") == ref_card.get("training_iteration"):
             other = saved
         else:
             ref = Picard.from_bundle(args.compare_with, device=args.device)
-            ref.card["stride"] = key["stride"]  # both bundles scored at the same stride
+            ref.card["stride"] = ref_stride
             other = select_rule_on_validation(ref, val, p_grid=args.p_grid, m=args.m)
-            other["bundle"] = str(args.compare_with)
-            other["bundle_version"] = ref.card.get("version")
+            other.update(bundle=str(args.compare_with), bundle_version=ref.card.get("version"),
+                         stride=ref_stride, training_iteration=ref.card.get("training_iteration"))
             cmp_path.write_text(json.dumps(other, indent=1, default=float))
         report["compared"] = other
         report["candidate_beats_compared_on_validation"] = bool(
@@ -302,6 +310,10 @@ def _evaluation_text(test: dict | None) -> str:
     cmd = (f"picard-node evaluate --count {seeds[1] - seeds[0] + 1} --seed {seeds[0]} "
            f"--validation-count {vseeds[1] - vseeds[0] + 1} --validation-seed {vseeds[0]} "
            f"--slices {shape[0]} --rows {shape[1]} --cols {shape[2]} --m {st['m']}")
+    grid = st.get("pixel_spacing_mm", SPACING)
+    model_grid = st.get("model_pixel_spacing_mm", grid)
+    if model_grid != grid:
+        cmd += f" (phantoms at {grid:g} mm; the model scores each slice resampled to {model_grid:g} mm)"
     return (f"{cmd}: {st['n_exams']} whole volumes ({st['n_slices_scored']} slices), one "
             "5-30 mm mass each, view and density from the seed; pixels inside the breast; "
             f"lesions: {st['hit_rule_text']}; detections: local maxima, {st['nms_mm']:g} mm "
@@ -332,7 +344,7 @@ def stage_install(out: Path, args: argparse.Namespace, test_json: Path | None = 
     card["stride"] = int(report["settings"]["stride"])
     card["inference"] = {"mode": "exact"}
     card.update(
-        version=VERSION,
+        version=args.version,
         training=training_text(out),
         selection=(f"scoring rule and dropout p chosen on {len(range(vs[0], vs[1] + 1))} "
                    f"whole validation volumes (seeds {vs[0]}-{vs[1]}, built as picard-node "
@@ -407,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-json", type=Path,
                     help="install: metrics from this picard-node evaluate JSON instead")
     ap.add_argument("--force", action="store_true", help="install even if not better")
+    ap.add_argument("--version", default=VERSION, help="the installed card's version")
     ap.add_argument("--dest", type=Path, default=ROOT / "models" / "bundles" / "default",
                     help="install: the bundle folder to write")
     args = ap.parse_args(argv)
