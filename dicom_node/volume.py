@@ -223,9 +223,25 @@ def unflip(heatmap: np.ndarray, volume: LoadedVolume) -> np.ndarray:
         raise ValueError(
             f"heatmap shape {heatmap.shape} differs from volume shape {volume.pixels.shape}"
         )
+    return unflip_frames(heatmap, volume)
+
+
+def unflip_frames(frames: np.ndarray, volume: LoadedVolume) -> np.ndarray:
+    """Some frames ``(n, rows, cols)`` oriented like ``volume.pixels`` back to the stored
+    orientation: a new array, columns mirrored back if ``volume.flipped``.
+
+    Raises
+    ------
+    ValueError
+        If rows and columns differ from the volume's.
+    """
+    frames = np.asarray(frames)
+    if frames.shape[-2:] != volume.pixels.shape[-2:]:
+        raise ValueError(f"frames of {frames.shape[-2:]} px differ from the volume's "
+                         f"{volume.pixels.shape[-2:]}")
     if volume.flipped:
-        return np.ascontiguousarray(heatmap[..., ::-1])
-    return heatmap.copy()
+        return np.ascontiguousarray(frames[..., ::-1])
+    return frames.copy()
 
 
 # --------------------------------------------------------------------------- checks

@@ -27,7 +27,8 @@ from dicom_node.encode.ko import encode_rejection_note
 from dicom_node.result_kinds import DEFAULT_KINDS, ResultKind
 from dicom_node.results import (DeliveryReport, ExpectedTissue, ResultFolder, RetryPolicy,
                                 deliver, is_current, results_root, supersede_earlier)
-from dicom_node.volume import group_by_series, load_series, stored_values, unflip
+from dicom_node.volume import (group_by_series, load_series, stored_values, unflip,
+                               unflip_frames)
 
 logger = logging.getLogger(__name__)
 
@@ -204,13 +205,8 @@ def expected_tissue(model: Any, volume: Any, heatmap: np.ndarray,
         rows, cols = heatmap.shape[1:]
         return ExpectedTissue([], np.zeros((0, rows, cols), np.float32),
                               np.zeros((0, rows, cols), bool), [])
-    return ExpectedTissue(frames, unflip_slices(np.stack(images), volume),
-                          unflip_slices(np.stack(holes), volume), distances)
-
-
-def unflip_slices(slices: np.ndarray, volume: Any) -> np.ndarray:
-    """Slices (n, rows, cols) oriented like ``volume.pixels`` back to stored orientation."""
-    return np.ascontiguousarray(slices[..., ::-1]) if volume.flipped else slices
+    return ExpectedTissue(frames, unflip_frames(np.stack(images), volume),
+                          unflip_frames(np.stack(holes), volume), distances)
 
 
 def encode(result_dir: Path, *, spool_dir: Path | None = None,

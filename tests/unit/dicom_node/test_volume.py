@@ -12,7 +12,7 @@ from pydicom.uid import JPEG2000Lossless, MultiFrameGrayscaleWordSecondaryCaptur
 
 from dicom_node.standins.synthetic import write_bto
 from dicom_node.laterality import chest_wall_side
-from dicom_node.volume import VolumeError, load_series, stored_values, unflip
+from dicom_node.volume import VolumeError, load_series, stored_values, unflip, unflip_frames
 from tests.helpers.dicom_data import breast_volume
 
 QUANT = 0.5 / 4095 + 1e-6
@@ -50,6 +50,11 @@ def test_right_breast_flip_and_unflip(tmp_path: Path) -> None:
     np.testing.assert_allclose(back, stored, atol=QUANT)
     with pytest.raises(ValueError, match="differs from volume shape"):
         unflip(loaded.pixels[:2], loaded)
+    # some frames only (the expected-tissue images): the same mirror
+    some = unflip_frames(loaded.pixels[[0, 2]], loaded)
+    np.testing.assert_allclose(some, stored[[0, 2]], atol=QUANT)
+    with pytest.raises(ValueError, match="differ from the volume"):
+        unflip_frames(loaded.pixels[:, 1:], loaded)
 
 
 def test_header_laterality_wrong_pixels_win(
