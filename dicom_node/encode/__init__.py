@@ -42,6 +42,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.encode.common import (
+    check_heatmap,
     frame_ordered,
     output_uid,
     source_grid,
@@ -150,6 +151,10 @@ def encode_results(
 #: few pictures, and each full-resolution RGB key image is about 14 MB uncompressed.
 KEY_FINDINGS = 5
 
+#: Kinds that list the findings (:func:`findings`), computed once for all of them.
+FINDING_KINDS = frozenset({ResultKind.FINDINGS_SR, ResultKind.MAMMOGRAPHY_CAD_SR,
+                           ResultKind.KEY_IMAGES, ResultKind.KEY_OBJECT_SELECTION})
+
 #: Series numbers of the result objects: ``series_number_base + offset``.
 SERIES_OFFSETS = {
     ResultKind.PARAMETRIC_MAP: 0, ResultKind.SEGMENTATION: 1, ResultKind.FINDINGS_SR: 2,
@@ -217,6 +222,9 @@ def encode_result_objects(
                   output_uid_seed=output_uid_seed, created=created)
     number = {k: series_number_base + off for k, off in SERIES_OFFSETS.items()}
     out: list[tuple[ResultKind, Dataset]] = []
+    # the connected components above threshold, once for every kind that lists findings
+    found = (findings(check_heatmap(frame_ordered(source_datasets), heatmap), threshold)
+             if any(k in FINDING_KINDS for k in kinds) else [])
     for kind in kinds:
         if kind is ResultKind.PARAMETRIC_MAP:
             out.append((kind, encode_parametric_map(
@@ -228,7 +236,7 @@ def encode_result_objects(
                 labels=labels, **common)))
         elif kind is ResultKind.FINDINGS_SR:
             sr = encode_sr(source_datasets, heatmap, threshold=threshold,
-                           series_number=number[kind], labels=labels, **common)
+                           series_number=number[kind], labels=labels, found=found, **common)
             if sr is not None:
                 out.append((kind, sr))
         elif kind is ResultKind.MAMMOGRAPHY_CAD_SR:
@@ -236,18 +244,17 @@ def encode_result_objects(
 
             out.append((kind, encode_mammography_cad_sr(
                 source_datasets, heatmap, threshold=threshold, series_number=number[kind],
-                labels=labels, **common)))
+                labels=labels, found=found, **common)))
         elif kind is ResultKind.KEY_IMAGES:
             from dicom_node.encode.keyimages import encode_key_images
 
             out.extend((kind, ds) for ds in encode_key_images(
                 source_datasets, source_pixels, heatmap, threshold=threshold, labels=labels,
-                series_number=number[kind], max_findings=KEY_FINDINGS, **common))
+                series_number=number[kind], max_findings=KEY_FINDINGS, found=found, **common))
         elif kind is ResultKind.KEY_OBJECT_SELECTION:
             # the source frames only: every destination has them, while the key images go
             # only where configured
-            frames = sorted({f["frame"] for f in findings(heatmap, threshold,
-                                                          max_findings=KEY_FINDINGS)})
+            frames = sorted({f["frame"] for f in found[:KEY_FINDINGS]})
             if frames:
                 from dicom_node.encode.keyimages import encode_key_object_selection
 

@@ -366,6 +366,7 @@ def encode_mammography_cad_sr(
     created: _dt.datetime | None = None,
     series_number: int = 905,
     max_findings: int = 20,
+    found: Sequence[dict] | None = None,
 ) -> Dataset:
     """Mammography CAD SR (TID 4000) with one Single Image Finding per lesion.
 
@@ -400,6 +401,9 @@ def encode_mammography_cad_sr(
         Series Number. Default 905.
     max_findings : int
         At most this many findings, highest score first. Default 20.
+    found : sequence of dict, optional
+        :func:`~dicom_node.encode.sr.findings` of this heatmap and threshold when the caller
+        has them already (highest score first); default: computed here.
 
     Returns
     -------
@@ -431,7 +435,8 @@ def encode_mammography_cad_sr(
     def algorithm() -> list[Dataset]:
         return _algorithm(model_name, version, parameters)
 
-    found = findings(heat, threshold, max_findings=max_findings)
+    found = (findings(heat, threshold, max_findings=max_findings) if found is None
+             else list(found)[:max_findings])
     impressions = []
     for number, finding in enumerate(found, start=1):
         frame = finding["frame"]

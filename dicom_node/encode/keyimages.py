@@ -281,6 +281,7 @@ def encode_key_images(
     created: _dt.datetime | None = None,
     series_number: int = 903,
     max_findings: int = 20,
+    found: Sequence[dict] | None = None,
 ) -> list[Dataset]:
     """One RGB Secondary Capture per finding, on the frame of its highest score.
 
@@ -308,6 +309,9 @@ def encode_key_images(
         Series Number. Default 903.
     max_findings : int
         At most this many key images, highest score first. Default 20.
+    found : sequence of dict, optional
+        :func:`~dicom_node.encode.sr.findings` of this heatmap and threshold when the caller
+        has them already (highest score first); default: computed here.
 
     Returns
     -------
@@ -322,7 +326,8 @@ def encode_key_images(
     ordered = frame_ordered(clean_source_headers(source_datasets)[0])
     heat = check_heatmap(ordered, heatmap)
     pixels = _check_source_pixels(ordered, source_pixels)
-    found = findings(heat, threshold, max_findings=max_findings)
+    found = (findings(heat, threshold, max_findings=max_findings) if found is None
+             else list(found)[:max_findings])
     if not found:
         return []
     labels = labels or ScoreLabels()

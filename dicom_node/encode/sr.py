@@ -90,6 +90,7 @@ def encode_sr(
     output_uid_seed: str,
     series_number: int = 902,
     max_findings: int = 20,
+    found: Sequence[dict] | None = None,
     labels: ScoreLabels | None = None,
     created: _dt.datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR | None:
@@ -117,6 +118,9 @@ def encode_sr(
         Series Number. Default 902.
     max_findings : int
         At most this many findings, highest score first. Default 20.
+    found : sequence of dict, optional
+        :func:`~dicom_node.encode.sr.findings` of this heatmap and threshold when the caller
+        has them already (highest score first); default: computed here.
     labels : ScoreLabels, optional
         What the scores are (rule, space, M, p, mode). Default: "not recorded".
     created : datetime.datetime, optional
@@ -143,7 +147,8 @@ def encode_sr(
         name=model_name, version=model_version,
         parameters=[f"{k}={v}" for k, v in labels.algorithm_parameters().items()])
     groups = []
-    found = findings(heat, threshold, max_findings=max_findings)
+    found = (findings(heat, threshold, max_findings=max_findings) if found is None
+             else list(found)[:max_findings])
     for n, finding in enumerate(found, start=1):
         frame = finding["frame"]
         first, last = (f + 1 for f in finding["frames"])

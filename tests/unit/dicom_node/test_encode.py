@@ -245,6 +245,16 @@ def test_sr_findings(source: str, request: pytest.FixtureRequest, tmp_path: Path
         assert run_dciodvfy(path)[0] == []
     empty = _encode(volume, np.zeros_like(heat), include_sr=True)
     assert len(empty) == 2
+    # findings the caller already has are used as given (the encode stage computes them once)
+    from dicom_node.encode import encode_sr, findings
+
+    kw = dict(threshold=THRESHOLD, model_name="PICARD", model_version="t", output_uid_seed="x")
+    assert encode_sr(volume.source_datasets, heat, found=[], **kw) is None
+    found = findings(heat, THRESHOLD)
+    one = encode_sr(volume.source_datasets, heat, found=found[1:], **kw)
+    one.save_as(tmp_path / "one.dcm")
+    groups = hd.sr.srread(tmp_path / "one.dcm").content.get_planar_roi_measurement_groups()
+    assert [g.get_measurements()[0].value for g in groups] == pytest.approx([1.9])
 
 
 def source_frame_index_for_region(roi: Dataset, sources: list[Dataset]) -> int:
