@@ -34,23 +34,16 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from workers.processes import terminate
+from workers.processes import free_port, terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BTO = "1.2.840.10008.5.1.4.1.1.13.1.3"
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_instance(path: Path) -> None:

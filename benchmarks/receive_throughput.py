@@ -23,42 +23,21 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from workers.processes import terminate
+from workers.processes import free_port, terminate, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BTO = "1.2.840.10008.5.1.4.1.1.13.1.3"
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on port {port}")
 
 
 def make_object(path: Path, size_mb: float, *, rows: int = 2048, cols: int = 1024) -> int:
@@ -155,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                              str(work / "spool"), "--port", str(node_port)])
     times: dict[str, list[float]] = {"storescp": [], "node": [], "storescp+fsync": []}
     try:
-        wait_for_port(dcmtk_port, dcmtk)
-        wait_for_port(node_port, node)
+        wait_for_port(dcmtk_port, proc=dcmtk)
+        wait_for_port(node_port, proc=node)
         for _ in range(args.repeats):
             for name, port, called in (("storescp", dcmtk_port, "STORESCP"),
                                        ("node", node_port, "PICARD")):
