@@ -20,8 +20,11 @@
 #                                                     # machine with a per-command limit)
 #
 # Settings (environment): OUT (runs/default-gpu), PARTS (6), PART_MINUTES (8), NGF/NDF (32, the
-# official width; 3.6 M generator parameters), BATCH (55, official), STRIDE (16: the card's;
-# 8 for a denser heatmap, ~4x the evaluation cost), DEVICE (cuda), COMPARE_WITH
+# official width; 3.6 M generator parameters), BATCH (55, official), SPACING (0.8: the model's
+# pixel size in mm; window 64 / hole 32 px are then 51.2 / 25.6 mm, so a 5-30 mm mass fits in
+# the hole -- at 0.4 mm the 12.8 mm hole sits inside a large mass and is completed as mass, see
+# the README), STRIDE (6 px = 4.8 mm, under a 5 mm mass), P_GRID (dropout p tried on
+# validation: 0.5 0.25 0.1), DEVICE (cuda), COMPARE_WITH
 # (models/bundles/default), INIT_FROM (empty: cold start; a bundle of the SAME width to
 # warm-start, e.g. an earlier ngf-32 run's bundle), THREADS (CPU threads for the host side, 4).
 set -euo pipefail
@@ -35,7 +38,9 @@ PART_MINUTES=${PART_MINUTES:-8}
 NGF=${NGF:-32}
 NDF=${NDF:-32}
 BATCH=${BATCH:-55}
-STRIDE=${STRIDE:-16}
+SPACING=${SPACING:-0.8}
+STRIDE=${STRIDE:-6}
+P_GRID=${P_GRID:-0.5 0.25 0.1}
 DEVICE=${DEVICE:-cuda}
 THREADS=${THREADS:-4}
 COMPARE_WITH=${COMPARE_WITH:-models/bundles/default}
@@ -54,7 +59,7 @@ train_part() {
   # --resume continues from $OUT/checkpoint.pt (a fresh run when there is none);
   # PART_MINUTES of training plus ~1 min making the 40 normal phantoms
   "$PY" scripts/train_default_bundle.py train --out "$OUT" --device "$DEVICE" \
-    --ngf "$NGF" --ndf "$NDF" --batch-size "$BATCH" --stride "$STRIDE" \
+    --ngf "$NGF" --ndf "$NDF" --batch-size "$BATCH" --stride "$STRIDE" --spacing "$SPACING" \
     --minutes "$PART_MINUTES" --threads "$THREADS" --resume "${init[@]}" \
     2>&1 | tee -a "$OUT/train.log"
 }
@@ -64,6 +69,7 @@ select_rule() {
   # selection, so a rerun after a timeout only redoes the unfinished bundle
   "$PY" scripts/train_default_bundle.py evaluate --out "$OUT" --device "$DEVICE" \
     --stride "$STRIDE" --threads "$THREADS" --count 0 --compare-with "$COMPARE_WITH" --resume \
+    --p-grid $P_GRID \
     "${EVAL[@]:2}" 2>&1 | tee -a "$OUT/select.log"
 }
 
@@ -88,5 +94,5 @@ case "${1:-}" in
   all)
     for _ in $(seq "$PARTS"); do train_part; done
     select_rule; test_run; install ;;
-  *) sed -n '2,30p' "$0"; exit 2 ;;
+  *) sed -n '2,29p' "$0"; exit 2 ;;
 esac
