@@ -510,6 +510,10 @@ class Picard:
         icfg = self.inference_config(mode, **switches)
         if slice_step is None:
             slice_step = icfg.slice_step if icfg.mode == "fast" else 1
+        # air is set to 0 on the volume's own grid after resampling back (stream), not on
+        # the model grid, where a coarse air pixel would pull the skin line's scores to 0
+        mask_background = bool(overrides.pop("mask_background", True))
+        model_grid = {**overrides, "mask_background": False}
         self._settings(overrides)  # fail early on bad overrides
         spread = spread and icfg.mode == "exact"
         stats = InferenceStats(mode=icfg.mode, slices_total=volume.shape[0],
@@ -517,7 +521,7 @@ class Picard:
 
         def slice_maps(img: np.ndarray) -> list[np.ndarray]:
             stats.slices_scored += 1
-            heat, spr = self._heatmap(img, icfg, stats, None, overrides, spread=spread)
+            heat, spr = self._heatmap(img, icfg, stats, None, model_grid, spread=spread)
             return [heat] if spr is None else [heat, spr]
 
         t0 = time.perf_counter()
@@ -526,7 +530,9 @@ class Picard:
                                       pixel_spacing_mm=pixel_spacing_mm,
                                       target_mm=float(self.card["pixel_spacing_mm"]),
                                       slice_step=slice_step, value_scale=value_scale,
-                                      prefetch=icfg.prefetch, progress=progress)
+                                      prefetch=icfg.prefetch, progress=progress,
+                                      background_level=(float(self.card["tissue_level"])
+                                                        if mask_background else None))
         finally:
             stats.seconds = time.perf_counter() - t0
             self.last_stats = stats

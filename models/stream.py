@@ -86,7 +86,8 @@ def scored_slices(z: int, slice_step: int) -> list[int]:
 def stream_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.ndarray], *,
                   size: tuple[int, int], slices: Sequence[int], value_scale: float | None,
                   prefetch: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> None:
+                  progress: Callable[[int, int], None] | None = None,
+                  background_level: float | None = None) -> None:
     """Fill ``outs`` (each (Z, H, W) float32) with the maps of the ``slices`` of ``volume``.
 
     Parameters
@@ -109,8 +110,22 @@ def stream_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.n
         Load the next slice in a background thread.
     progress : callable, optional
         ``progress(done_slices, len(slices))``.
+    background_level : float, optional
+        Pixels of the volume's own slice at or below it (air, in [0, 1]) are set to 0 in
+        every map after resampling back, so air on the coarser model grid does not pull the
+        maps of tissue near the skin line towards 0.
     """
     h, w = volume.shape[1:]
+
+    def mask_air(j: int) -> None:
+        if background_level is None:
+            return
+        img = np.asarray(volume[j], dtype=np.float32)
+        if value_scale is not None:
+            img = img * np.float32(value_scale)
+        air = img <= background_level
+        for out in outs:
+            out[j][air] = 0.0
 
     def load(k: int) -> np.ndarray:
         return load_slice(volume[k], size, value_scale)
@@ -129,10 +144,13 @@ def stream_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.n
                 raise ValueError(f"slice_maps returned {len(maps)} maps for {len(outs)} outputs")
             for out, m in zip(outs, maps):
                 out[k] = resample_slice(m, (h, w))
-                if prev is not None and k - prev > 1:
-                    for j in range(prev + 1, k):
-                        t = (j - prev) / (k - prev)
+            mask_air(k)
+            if prev is not None and k - prev > 1:
+                for j in range(prev + 1, k):
+                    t = (j - prev) / (k - prev)
+                    for out in outs:
                         out[j] = (1.0 - t) * out[prev] + t * out[k]
+                    mask_air(j)
             prev = k
             if progress is not None:
                 progress(done, len(slices))
@@ -144,7 +162,8 @@ def stream_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.n
 def map_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.ndarray | None], *,
                pixel_spacing_mm: float | tuple[float, float], target_mm: float,
                slice_step: int = 1, value_scale: float | None = None, prefetch: bool = True,
-               progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+               progress: Callable[[int, int], None] | None = None,
+               background_level: float | None = None) -> list[np.ndarray]:
     """Validate, allocate and :func:`stream_volume`: the maps of a volume on its own grid.
 
     Parameters
@@ -159,7 +178,7 @@ def map_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.ndar
         In-plane spacing (row, column) of ``volume``.
     target_mm : float
         The model's pixel spacing.
-    slice_step, value_scale, prefetch, progress
+    slice_step, value_scale, prefetch, progress, background_level
         As :func:`scored_slices` and :func:`stream_volume`.
 
     Returns
@@ -182,5 +201,5 @@ def map_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.ndar
     logger.info("mapping %d of %d slices (%d maps), %dx%d -> %dx%d px at %.3f mm", len(slices),
                 z, len(arrays), h, w, size[0], size[1], target_mm)
     stream_volume(volume, slice_maps, arrays, size=size, slices=slices, value_scale=value_scale,
-                  prefetch=prefetch, progress=progress)
+                  prefetch=prefetch, progress=progress, background_level=background_level)
     return arrays

@@ -3,8 +3,8 @@
     python scripts/detection_table.py NAME=RESULT.json [NAME=RESULT.json ...]
 
 One column pair (pixel AUROC with its 95 % CI, lesion sensitivity at 2 FP/volume) per result,
-one row per method the results share (trivial baselines, single completion, every PICARD
-rule), then the paired differences. The README pastes the output between the
+one row per method of any of them (trivial baselines, single completion, every PICARD rule;
+"not in this run" where a result lacks it), then the paired differences they share. The README pastes the output between the
 ``detection-table`` markers; ``tests/unit/scripts/test_detection_table.py`` checks that the
 README still shows exactly what the stored results say.
 """
@@ -46,8 +46,7 @@ def _geometry(result: Mapping[str, Any]) -> str:
 
 def table(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """Markdown table of ``(column name, evaluate result)`` pairs."""
-    names = [n for n in results[0][1]["methods"]
-             if all(n in r["methods"] for _, r in results)]
+    names = list(dict.fromkeys(n for _, r in results for n in r["methods"]))
     head = "| method | " + " | ".join(f"pixel AUROC, {c} | sens@2 FP, {c}" for c, _ in results)
     rule = "|---|" + "---|---|" * len(results)
     lines = [head + " |", rule,
@@ -56,12 +55,16 @@ def table(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     for n in names:
         cells = []
         for _, r in results:
-            m = r["methods"][n]
+            m = r["methods"].get(n)
+            if m is None:
+                cells += ["not in this run", ""]
+                continue
             best = r.get("validation") and r["validation"].get("best_baseline") == n
             auroc = _ci(m["pixel_auroc"])
             cells += [f"**{auroc}** (best baseline on validation)" if best else auroc,
                       _ci(m["sens@2fp"], digits=2)]
-        lines.append(f"| {_label(n, results[0][1])} | " + " | ".join(cells) + " |")
+        first = next(r for _, r in results if n in r["methods"])
+        lines.append(f"| {_label(n, first)} | " + " | ".join(cells) + " |")
     lines += ["", "| paired difference (same volumes) | "
               + " | ".join(f"pixel AUROC, {c} | sens@2 FP, {c}" for c, _ in results) + " |",
               rule]

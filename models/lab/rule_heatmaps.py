@@ -124,12 +124,15 @@ def _on_model_grid(model: Any, vol: np.ndarray, slice_idx: Sequence[int] | None,
     h, w = vol.shape[1:]
     size = grid_size((h, w), (spacing, spacing), float(model.card["pixel_spacing_mm"]))
     small = np.stack([load_slice(vol[z], size, None) for z in idx])
-    maps = method_heatmaps(model, small, None, **kwargs)
+    # air is set to 0 on the volume's grid after resampling back, as in the node
+    # (models.stream): on the coarser model grid it would pull the skin line towards 0
+    mask_air = kwargs.pop("mask_air", True)
+    maps = method_heatmaps(model, small, None, mask_air=False, **kwargs)
     air = np.asarray(vol[idx]) <= float(model.card["tissue_level"])
     out = {}
     for name, grid_maps in maps.items():
         back = np.stack([resample_slice(s, (h, w)) for s in grid_maps])
-        if kwargs.get("mask_air", True):
+        if mask_air:
             back[air] = 0.0
         out[name] = back
     return out

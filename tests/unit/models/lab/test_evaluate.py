@@ -207,7 +207,7 @@ def test_method_heatmaps_of_a_finer_volume_are_scored_on_the_model_grid(tiny_set
                         lesion_diameter_mm=(8.0, 12.0)).volume
     maps = method_heatmaps(model, fine, [0, 2], m=2, seed=1, pixel_spacing_mm=0.4)
     coarse = np.stack([load_slice(fine[z], (64, 48), None) for z in (0, 2)])
-    on_grid = method_heatmaps(model, coarse, m=2, seed=1)
+    on_grid = method_heatmaps(model, coarse, m=2, seed=1, mask_air=False)
     air = fine[[0, 2]] <= model.card["tissue_level"]
     for k in METHODS:
         assert maps[k].shape == (2, 128, 96)
@@ -216,8 +216,17 @@ def test_method_heatmaps_of_a_finer_volume_are_scored_on_the_model_grid(tiny_set
         np.testing.assert_allclose(maps[k], expected, rtol=1e-6, atol=1e-6)
         assert maps[k][~air].std() > 0
     same = method_heatmaps(model, coarse, m=2, seed=1, pixel_spacing_mm=0.8)
+    masked = method_heatmaps(model, coarse, m=2, seed=1)
     for k in METHODS:
-        np.testing.assert_array_equal(same[k], on_grid[k])
+        np.testing.assert_array_equal(same[k], masked[k])
+    # tissue next to the skin line keeps the score of its windows: no air pulled in from the
+    # coarser grid
+    from scipy import ndimage
+
+    skin = ~air & ndimage.binary_dilation(air, np.ones((1, 5, 5), bool))  # within 2 px of air
+    assert skin.any()
+    for k in ("MeanCD image", "single image"):
+        assert (maps[k][skin] > 0).all()
 
 
 def test_slice_subset_keeps_z_distances() -> None:
