@@ -51,6 +51,9 @@ def test_a_coarser_model_grid_keeps_the_skin_line_scored() -> None:
     skin = ~air & ndimage.binary_dilation(air, np.ones((1, 7, 7), bool))  # within 3 px of air
     assert skin.any()
     assert (res.heatmap[skin] > 0).all() and (res.spread[skin] > 0).all()
+    # tissue keeps exactly what the model grid gave it: nothing pulled down by air there
+    unmasked = shipped.score_volume(vol, pixel_spacing_mm=SPACING, mask_background=False)
+    np.testing.assert_array_equal(res.heatmap[~air], unmasked[~air])
 
 
 @pytest.fixture(scope="module")
