@@ -208,6 +208,7 @@ def _exam_args(args: argparse.Namespace) -> dict:
 def stage_evaluate(out: Path, args: argparse.Namespace) -> dict:
     """Rule, p and threshold chosen on validation; one compare_methods run on the test set."""
     from models.lab.evaluate import (
+        choose_rule,
         compare_methods,
         select_rule_on_validation,
         synthetic_exams,
@@ -238,6 +239,8 @@ def stage_evaluate(out: Path, args: argparse.Namespace) -> dict:
         report["candidate"] = select_rule_on_validation(model, val, p_grid=args.p_grid, m=args.m)
         report["candidate"].update(key, seconds=round(time.time() - t, 1))
         sel_path.write_text(json.dumps(report["candidate"], indent=1, default=float))
+    # the choice rule applies to saved tables too (a selection saved before the rule changed)
+    report["candidate"]["chosen"] = choose_rule(report["candidate"]["table"], m=args.m)
     chosen = report["candidate"]["chosen"]
     logger.info("candidate chosen on validation: %s", chosen)
     if args.compare_with:
@@ -261,6 +264,7 @@ def stage_evaluate(out: Path, args: argparse.Namespace) -> dict:
             other.update(bundle=str(args.compare_with), bundle_version=ref.card.get("version"),
                          stride=ref_stride, training_iteration=ref.card.get("training_iteration"))
             cmp_path.write_text(json.dumps(other, indent=1, default=float))
+        other["chosen"] = choose_rule(other["table"], m=args.m)
         report["compared"] = other
         report["candidate_beats_compared_on_validation"] = bool(
             chosen["selection_score"] > other["chosen"]["selection_score"])

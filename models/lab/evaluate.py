@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "METHODS",
     "ROW_TO_CARD",
+    "choose_rule",
     "compare_methods",
     "evaluate_cases",
     "format_table",
@@ -415,6 +416,9 @@ def compare_methods(model: Any, exams: Sequence[Any], *, m: int = 10, n_boot: in
     return out
 
 
+#: A rule must rank lesion pixels above chance on validation to be chosen (:func:`choose_rule`).
+MIN_PIXEL_AUROC = 0.5
+
 #: compare_methods row -> card settings (metric, M, dropout at inference)
 ROW_TO_CARD: dict[str, tuple[str, int, bool]] = {
     "MCD image": ("MCD_image", 10, True),
@@ -430,13 +434,15 @@ def select_rule_on_validation(model: Any, exams: Sequence[Any], *,
                               p_grid: Sequence[float] = (0.5,), m: int = 10, seed: int = 0,
                               fp_rates: Sequence[float] = FP_RATES, fp_for_threshold: float = 1.0,
                               min_distance_mm: float = 5.0, hit_rule: str = "dbtex",
+                              min_pixel_auroc: float = MIN_PIXEL_AUROC,
                               progress: bool = False) -> dict[str, Any]:
     """Choose the PICARD scoring rule, dropout p and SEG threshold on validation exams.
 
     Every slice of every exam is scored as :func:`compare_methods` scores it (same
     completions, seed, detections, hit rule, metrics), for each rule of :data:`METHODS` and
     each dropout ``p`` of ``p_grid`` (the single-completion rows, which use no dropout, once).
-    The criterion is pixel AUROC + mean lesion sensitivity at ``fp_rates``; the threshold is
+    The criterion is pixel AUROC + mean lesion sensitivity at ``fp_rates`` among the rules
+    whose pixel AUROC exceeds ``min_pixel_auroc`` (:func:`choose_rule`); the threshold is
     the lowest score of the chosen rule with at most ``fp_for_threshold`` false-positive
     detections per volume (:func:`models.lab.metrics.threshold_for_fp_rate`). Use validation
     exams only: the choice must not see the test set.
@@ -457,7 +463,6 @@ def select_rule_on_validation(model: Any, exams: Sequence[Any], *,
     p0 = float(card["dropout"]["p"])
     mcd_rows = [n for n in METHODS if METHODS[n][0] == "mcd"]
     table: dict[str, dict[str, float]] = {}
-    best: dict[str, Any] | None = None
     try:
         for i, p in enumerate(p_grid):
             card["dropout"]["p"] = float(p)
@@ -487,18 +492,41 @@ def select_rule_on_validation(model: Any, exams: Sequence[Any], *,
                 table[key] = {**values, "selection_score": score, "threshold": thr}
                 logger.info("validation %-28s score %.3f auroc %.3f", key, score,
                             values["pixel_auroc"])
-                if best is None or score > best["selection_score"]:
-                    metric = ROW_TO_CARD[n][0]
-                    best = {"row": n, "metric": metric, "M": m if drop else 1,
-                            "p": float(p) if drop else 0.0, "selection_score": score,
-                            "threshold": thr, "validation": values}
     finally:
         card["dropout"]["p"] = p0
-    return {"table": table, "chosen": best, "p_grid": [float(p) for p in p_grid],
+    return {"table": table, "chosen": choose_rule(table, m=m, min_pixel_auroc=min_pixel_auroc),
+            "p_grid": [float(p) for p in p_grid],
             "n_exams": len(exams), "fp_for_threshold": fp_for_threshold,
             "criterion": "pixel AUROC + mean lesion sensitivity at "
-                         f"{'/'.join(f'{f:g}' for f in fp_rates)} FP per volume",
+                         f"{'/'.join(f'{f:g}' for f in fp_rates)} FP per volume, among the "
+                         f"rules with pixel AUROC > {min_pixel_auroc:g}",
+            "min_pixel_auroc": float(min_pixel_auroc),
             "stride": int(card["stride"])}
+
+
+def choose_rule(table: dict[str, dict[str, float]], *, m: int = 10,
+                min_pixel_auroc: float = MIN_PIXEL_AUROC) -> dict[str, Any] | None:
+    """The row of a validation ``table`` (:func:`select_rule_on_validation`) with the highest
+    selection score among those whose pixel AUROC exceeds ``min_pixel_auroc``.
+
+    A rule that ranks lesion pixels below normal tissue on validation is not shipped, however
+    many masses its peaks happened to hit: with one mass per volume, lesion sensitivity moves
+    in steps of one mass. Ties keep the first row in table order. None when no row qualifies.
+    """
+    best: dict[str, Any] | None = None
+    for key, values in table.items():
+        if not values["pixel_auroc"] > min_pixel_auroc:
+            continue
+        name, _, p_text = key.rpartition(" p=")
+        p = float(p_text)
+        drop = METHODS[name][0] == "mcd"
+        if best is None or values["selection_score"] > best["selection_score"]:
+            best = {"row": name, "metric": ROW_TO_CARD[name][0], "M": m if drop else 1,
+                    "p": p if drop else 0.0, "selection_score": values["selection_score"],
+                    "threshold": values["threshold"],
+                    "validation": {k: v for k, v in values.items()
+                                   if k not in ("selection_score", "threshold")}}
+    return best
 
 
 def _hit_rule_text(hit_rule: str) -> str:

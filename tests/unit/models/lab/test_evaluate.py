@@ -310,7 +310,8 @@ def test_select_rule_on_validation_picks_the_best_row(tiny_setup) -> None:
     expected = {f"{n} p={p}" for n in METHODS if ROW_TO_CARD[n][2] for p in (0.5, 0.25)}
     expected |= {"single image p=0.0", "single feature p=0.0"}
     assert set(r["table"]) == expected
-    best = max(r["table"].values(), key=lambda v: v["selection_score"])
+    eligible = [v for v in r["table"].values() if v["pixel_auroc"] > 0.5]
+    best = max(eligible, key=lambda v: v["selection_score"])
     chosen = r["chosen"]
     assert chosen["selection_score"] == best["selection_score"]
     key = f"{chosen['row']} p={chosen['p']}"
@@ -322,3 +323,20 @@ def test_select_rule_on_validation_picks_the_best_row(tiny_setup) -> None:
         key = f"{n} p={0.5 if ROW_TO_CARD[n][2] else 0.0}"
         assert r["table"][key]["pixel_auroc"] == pytest.approx(
             c["methods"][n]["pixel_auroc"]["value"])
+
+
+def test_choose_rule_skips_rules_below_chance() -> None:
+    from models.lab.evaluate import choose_rule
+
+    def row(auroc: float, score: float) -> dict:
+        return {"pixel_auroc": auroc, "sens@2fp": score - auroc, "selection_score": score,
+                "threshold": 1.0}
+
+    table = {"MeanCD image p=0.1": row(0.45, 0.99),   # hits masses, ranks pixels below chance
+             "MeanCD image p=0.5": row(0.64, 0.85),
+             "single feature p=0.0": row(0.61, 0.90)}
+    chosen = choose_rule(table, m=10)
+    assert (chosen["row"], chosen["p"], chosen["M"]) == ("single feature", 0.0, 1)
+    assert chosen["validation"] == {"pixel_auroc": 0.61, "sens@2fp": pytest.approx(0.29)}
+    assert choose_rule(table, m=10, min_pixel_auroc=0.0)["row"] == "MeanCD image"
+    assert choose_rule({"MCD image p=0.5": row(0.3, 2.0)}, m=10) is None
