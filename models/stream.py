@@ -117,26 +117,30 @@ def stream_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.n
     """
     h, w = volume.shape[1:]
 
-    def mask_air(j: int) -> None:
+    def air_of(stored: np.ndarray) -> np.ndarray | None:
         if background_level is None:
-            return
-        img = np.asarray(volume[j], dtype=np.float32)
+            return None
+        img = np.asarray(stored, dtype=np.float32)
         if value_scale is not None:
             img = img * np.float32(value_scale)
-        air = img <= background_level
-        for out in outs:
-            out[j][air] = 0.0
+        return img <= background_level
 
-    def load(k: int) -> np.ndarray:
-        return load_slice(volume[k], size, value_scale)
+    def mask_air(j: int, air: np.ndarray | None) -> None:
+        if air is not None:
+            for out in outs:
+                out[j][air] = 0.0
+
+    def load(k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        stored = volume[k]  # read once: the model-grid slice and the air mask
+        return load_slice(stored, size, value_scale), air_of(stored)
 
     pool = ThreadPoolExecutor(max_workers=1) if prefetch and len(slices) > 1 else None
     try:
-        pending: Future[np.ndarray] | None = (pool.submit(load, slices[0])
-                                              if pool and slices else None)
+        pending: Future[tuple[np.ndarray, np.ndarray | None]] | None = (
+            pool.submit(load, slices[0]) if pool and slices else None)
         prev: int | None = None
         for done, k in enumerate(slices, start=1):
-            img = pending.result() if pending is not None else load(k)
+            img, air = pending.result() if pending is not None else load(k)
             if pool is not None and done < len(slices):
                 pending = pool.submit(load, slices[done])
             maps = slice_maps(img)
@@ -144,13 +148,13 @@ def stream_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.n
                 raise ValueError(f"slice_maps returned {len(maps)} maps for {len(outs)} outputs")
             for out, m in zip(outs, maps):
                 out[k] = resample_slice(m, (h, w))
-            mask_air(k)
+            mask_air(k, air)
             if prev is not None and k - prev > 1:
                 for j in range(prev + 1, k):
                     t = (j - prev) / (k - prev)
                     for out in outs:
                         out[j] = (1.0 - t) * out[prev] + t * out[k]
-                    mask_air(j)
+                    mask_air(j, air_of(volume[j]))
             prev = k
             if progress is not None:
                 progress(done, len(slices))
