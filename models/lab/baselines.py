@@ -103,10 +103,11 @@ def raw_intensity(volume: np.ndarray, *, pixel_spacing_mm: float | Sequence[floa
     return heat
 
 
-def _tissue_blur(values: np.ndarray, weights: np.ndarray,
-                 sigma_px: tuple[float, float]) -> np.ndarray:
-    """In-plane Gaussian blur of ``values`` over the pixels where ``weights`` is 1."""
-    sigma = (0.0, *sigma_px)
+def _tissue_blur(values: np.ndarray, weights: np.ndarray, sigma_mm: float,
+                 spacing: tuple[float, float]) -> np.ndarray:
+    """In-plane Gaussian blur (sigma in mm, ``spacing`` (row, col) mm) of ``values`` over the
+    pixels where ``weights`` is 1."""
+    sigma = (0.0, sigma_mm / spacing[0], sigma_mm / spacing[1])
     num = ndimage.gaussian_filter(values * weights, sigma, mode="constant", cval=0.0)
     den = ndimage.gaussian_filter(weights, sigma, mode="constant", cval=0.0)
     return np.divide(num, den, out=np.zeros_like(num), where=den > 1e-6)
@@ -142,11 +143,11 @@ def difference_of_gaussians(volume: np.ndarray, *, pixel_spacing_mm: float | Seq
     if not 0.0 <= sigma_small_mm < sigma_large_mm:
         raise ValueError(f"need 0 <= sigma_small_mm < sigma_large_mm, got {sigma_small_mm!r} "
                          f"and {sigma_large_mm!r}")
-    sy, sx = _spacing(pixel_spacing_mm)
+    spacing = _spacing(pixel_spacing_mm)
     vol = _as_volume(volume)
     tissue = (vol > tissue_level).astype(np.float32)
-    small = _tissue_blur(vol, tissue, (sigma_small_mm / sy, sigma_small_mm / sx))
-    large = _tissue_blur(vol, tissue, (sigma_large_mm / sy, sigma_large_mm / sx))
+    small = _tissue_blur(vol, tissue, sigma_small_mm, spacing)
+    large = _tissue_blur(vol, tissue, sigma_large_mm, spacing)
     heat = (small - large).astype(np.float32)
     heat[tissue == 0] = 0.0
     return heat
@@ -175,10 +176,10 @@ def smoothed_intensity(volume: np.ndarray, *, pixel_spacing_mm: float | Sequence
     """
     if not sigma_mm > 0:
         raise ValueError(f"sigma_mm must be > 0, got {sigma_mm!r}")
-    sy, sx = _spacing(pixel_spacing_mm)
+    spacing = _spacing(pixel_spacing_mm)
     vol = _as_volume(volume)
     tissue = (vol > tissue_level).astype(np.float32)
-    heat = _tissue_blur(vol, tissue, (sigma_mm / sy, sigma_mm / sx)).astype(np.float32)
+    heat = _tissue_blur(vol, tissue, sigma_mm, spacing).astype(np.float32)
     heat[tissue == 0] = 0.0
     return heat
 
