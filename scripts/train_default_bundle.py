@@ -27,7 +27,8 @@ and the best rule, p and its threshold at 1 FP/volume are chosen; the test volum
 the chosen p (best trivial baseline chosen on the same validation volumes). With
 ``--compare-with BUNDLE`` (default: the shipped ``models/bundles/default``) the same
 validation selection is run for that bundle, and ``evaluation.json`` says whether the new
-candidate's chosen rule beats it on validation. Test seeds never influence a choice.
+candidate's chosen rule beats it on validation (``--compare-with none``: no comparison, e.g.
+the shipped weights re-selected at another ``--stride``). Test seeds never influence a choice.
 
 ``choose``: ``<out>/bundle_chosen``, the candidate with the chosen rule, p, threshold in its
 card, for ``picard-node evaluate --model <out>/bundle_chosen`` (the test run of issue 10).
@@ -353,8 +354,9 @@ def stage_install(out: Path, args: argparse.Namespace, test_json: Path | None = 
         selection=(f"scoring rule and dropout p chosen on {len(range(vs[0], vs[1] + 1))} "
                    f"whole validation volumes (seeds {vs[0]}-{vs[1]}, built as picard-node "
                    "evaluate builds them) by pixel AUROC + mean lesion sensitivity at "
-                   f"0.5/1/2/4 FP/volume among every rule at p in {sel['p_grid']}: "
-                   f"{chosen['row']}, p={chosen['p']}; the test seeds were not used"),
+                   f"0.5/1/2/4 FP/volume among every rule at p in {sel['p_grid']}, stride "
+                   f"{card['stride']} px ({card['stride'] * float(card['pixel_spacing_mm']):g} "
+                   f"mm): {chosen['row']}, p={chosen['p']}; the test seeds were not used"),
         threshold=float(chosen["threshold"]),
         threshold_note=(f"lowest {metric} score with <= 1 false-positive detection per volume "
                         f"on the validation volumes (seeds {vs[0]}-{vs[1]}), not the test set"),
@@ -391,6 +393,10 @@ def stage_install(out: Path, args: argparse.Namespace, test_json: Path | None = 
     return dest
 
 
+def _bundle_or_none(text: str) -> Path | None:
+    return None if text.lower() == "none" else Path(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["train", "evaluate", "choose", "install", "all"])
@@ -418,8 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--m", type=int, default=10)
     ap.add_argument("--p-grid", type=float, nargs="+", default=list(P_GRID))
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--compare-with", type=Path, default=ROOT / "models" / "bundles" / "default",
-                    help="bundle whose validation selection the candidate must beat")
+    ap.add_argument("--compare-with", type=_bundle_or_none,
+                    default=ROOT / "models" / "bundles" / "default",
+                    help="bundle whose validation selection the candidate must beat; 'none': "
+                         "no comparison (the same weights at another stride)")
     ap.add_argument("--test-json", type=Path,
                     help="install: metrics from this picard-node evaluate JSON instead")
     ap.add_argument("--force", action="store_true", help="install even if not better")

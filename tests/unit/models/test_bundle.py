@@ -166,3 +166,13 @@ def test_default_bundle_loads_and_runs():
     image = (0.3 + 0.4 * rng.random((80, 72))).astype(np.float32)
     heat = model.heatmap(image, M=2)
     assert heat.shape == image.shape and np.isfinite(heat).all() and heat.max() > 0
+
+
+def test_default_bundle_stride_resolves_a_5_mm_mass():
+    """Issue 10: window centres at most 5 mm apart, so every 5 mm mass holds one."""
+    path = default_bundle_path()
+    if not path.is_dir():
+        pytest.skip(f"no default bundle at {path}")
+    card = Picard.from_bundle().card
+    assert card["stride"] * float(card["pixel_spacing_mm"]) <= 5.0
+    assert card["inference"]["mode"] == "exact"  # the PACS path (fast not shown equal)
