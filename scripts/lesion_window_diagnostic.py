@@ -11,6 +11,10 @@ completion distance (image space), the minimum and the mean of M = 10 dropout co
 (at the card's p); the pixel SD of the real hole content (texture), the mean offset real minus
 completion (what the network did not expect), the completions' per-pixel spread, and the
 correlation of the single-completion distance with the real hole's SD over all windows.
+Then the same windows under three scores without texture, to test that diagnosis: MeanCD
+after a Gaussian low-pass of real minus completion (sigma ``--lowpass`` mm, default 2), the
+mean over M of the hole-mean offset real minus completion (signed: brighter than expected),
+and the hole-mean intensity itself (a trivial brightness score, no network).
 Intensities are the network's [-1, 1].
 """
 
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "bundles" / "default")
     ap.add_argument("--count", type=int, default=4, help="validation volumes (seeds 5000..)")
     ap.add_argument("--seed", type=int, default=0, help="dropout draws")
+    ap.add_argument("--lowpass", type=float, default=2.0,
+                    help="sigma in mm of the low-pass applied to real minus completion")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -87,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         sd = real.flatten(1).std(1).numpy()
         off = (real.flatten(1).mean(1) - single.flatten(1).mean(1)).numpy()
         spread = multi.std(1).mean((1, 2)).numpy()
+        residual = (real[:, None] - multi).numpy()
+        sigma = args.lowpass / spacing
+        smooth = ndimage.gaussian_filter(residual, (0, 0, sigma, sigma), mode="nearest")
+        lowpass = np.sqrt((smooth ** 2).sum((2, 3))).mean(1)
+        contrast = residual.mean((2, 3)).mean(1)
+        level = real.flatten(1).mean(1).numpy()
 
         def pct(v: np.ndarray) -> float:
             return float((v[:-1] < v[-1]).mean())
@@ -96,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(median {np.median(sd[:-1]):.3f}); offset {off[-1]:+.3f} (median |offset| "
               f"{np.median(np.abs(off[:-1])):.3f}); spread {spread[-1]:.3f} (median "
               f"{np.median(spread[:-1]):.3f}); corr(single, hole SD) "
-              f"{np.corrcoef(d1, sd)[0, 1]:+.2f}", flush=True)
+              f"{np.corrcoef(d1, sd)[0, 1]:+.2f}; without texture: percentile low-pass MeanCD "
+              f"{pct(lowpass):.2f}, mean offset {pct(contrast):.2f}, hole-mean intensity "
+              f"{pct(level):.2f}", flush=True)
     return 0
 
 
