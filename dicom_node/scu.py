@@ -2,7 +2,8 @@
 
 :func:`send_datasets` proposes exactly the (SOP class, transfer syntax) pairs the files need,
 streams each file as stored (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``: no decoding, no
-re-encoding) and raises :class:`ExportError` unless **every** response status is
+re-encoding) -- a compressed file also proposes Explicit VR Little Endian and is sent
+decompressed, same SOP Instance UID, to a peer that does not accept its compression -- and raises :class:`ExportError` unless **every** response status is
 ``0x0000`` — warnings such as ``0xB000`` (coercion of data elements) count as failures,
 because the stored object may differ from ours.
 
@@ -20,12 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydicom.uid import UID
+from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification
 
-from dicom_node.phi import PhiFreeError
+from dicom_node.phi import PhiFreeError, describe_exception
 from dicom_node.tls import destination_tls_args
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,23 @@ def _file_contexts(paths: Sequence[Path]) -> list[tuple[Path, UID, UID]]:
     return found
 
 
+def _proposed(sop: UID, ts: UID) -> list[tuple[UID, UID]]:
+    """The file's own pair, and Explicit VR Little Endian as a fallback for a compressed one."""
+    return [(sop, ts), (sop, ExplicitVRLittleEndian)] if ts.is_encapsulated else [(sop, ts)]
+
+
+def _decompressed(path: Path) -> Any:
+    """The file decoded to Explicit VR Little Endian, same SOP Instance UID (a dataset)."""
+    ds = dcmread(path)
+    try:
+        ds.decompress(generate_instance_uid=False)
+    except Exception as exc:  # noqa: BLE001 - a missing or failing decoder plugin
+        ts = UID(ds.file_meta.TransferSyntaxUID).name
+        raise ValueError(f"cannot decompress {path.name} ({ts}): "
+                         f"{describe_exception(exc)}") from exc
+    return ds
+
+
 def send_datasets(paths: Sequence[Path | str], *, ae_title: str, host: str, port: int,
                   calling_ae_title: str, timeout: float = 60.0,
                   tls: tuple[ssl.SSLContext, str] | None = None) -> None:
@@ -79,7 +98,9 @@ def send_datasets(paths: Sequence[Path | str], *, ae_title: str, host: str, port
     Parameters
     ----------
     paths : sequence of Path or str
-        Part 10 files (with file meta). Sent as stored, in this order.
+        Part 10 files (with file meta). Sent as stored, in this order; a file with
+        compressed pixel data is decoded and sent in Explicit VR Little Endian when the peer
+        accepts its SOP class only uncompressed.
     ae_title : str
         Called AE title of the peer, e.g. ``"ORTHANC"``.
     host : str
@@ -106,7 +127,7 @@ def send_datasets(paths: Sequence[Path | str], *, ae_title: str, host: str, port
     items = _file_contexts(paths)
     if not items:
         return
-    pairs = list(dict.fromkeys((sop, ts) for _, sop, ts in items))
+    pairs = list(dict.fromkeys(pair for _, sop, ts in items for pair in _proposed(sop, ts)))
     if len(pairs) > MAX_CONTEXTS:
         raise ValueError(f"{len(pairs)} SOP class/transfer syntax pairs exceed the "
                          f"{MAX_CONTEXTS} presentation contexts of one association")
@@ -119,6 +140,8 @@ def send_datasets(paths: Sequence[Path | str], *, ae_title: str, host: str, port
     assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls)
     if not assoc.is_established:
         raise ExportError(f"association with {peer} {_failure_text(assoc)}")
+    accepted = {(UID(cx.abstract_syntax), UID(t)) for cx in assoc.accepted_contexts
+                for t in cx.transfer_syntax}
     failures: dict[str, int | None] = {}
     try:
         for path, sop, ts in items:
@@ -126,8 +149,13 @@ def send_datasets(paths: Sequence[Path | str], *, ae_title: str, host: str, port
                 failures[str(path)] = None
                 continue
             try:
-                response = assoc.send_c_store(path)
-            except ValueError as exc:  # no accepted presentation context for the file
+                if (sop, ts) in accepted or (sop, ExplicitVRLittleEndian) not in accepted:
+                    response = assoc.send_c_store(path)
+                else:
+                    response = assoc.send_c_store(_decompressed(path))
+                    logger.info("%s does not accept %s for %s: sent %s decompressed", peer,
+                                ts.name, sop.name, path.name)
+            except ValueError as exc:  # no accepted context, or the file cannot be decoded
                 logger.error("cannot send %s to %s: %s", path.name, peer, exc)
                 failures[str(path)] = None
                 continue

@@ -9,7 +9,11 @@ import highdicom as hd
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import KeyObjectSelectionDocumentStorage, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    KeyObjectSelectionDocumentStorage,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+)
 from scipy import ndimage
 
 from dicom_node.encode import burn
@@ -101,6 +105,8 @@ def test_key_image_pixels(bto_source) -> None:
     factor = burn.upscale_factor(cols)
     lo = THRESHOLD / 2
     for image, frame in zip(_encode(bto_source), (2, 5)):
+        # stored losslessly compressed; the exact pixel checks below read the decoded data
+        assert image.file_meta.TransferSyntaxUID == RLELossless
         pixels = image.pixel_array
         band = pixels.shape[0] - rows * factor
         assert band > 0

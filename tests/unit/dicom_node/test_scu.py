@@ -7,9 +7,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
@@ -27,10 +28,13 @@ pytestmark = pytest.mark.skipif(shutil.which("storescp") is None,
                                 reason="dcmtk (storescp) is not installed")
 
 
-def start_storescp(out_dir: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+def start_storescp(out_dir: Path, *extra: str, compressed: bool = True
+                   ) -> tuple[subprocess.Popen, int]:
+    """dcmtk storescp; ``compressed=False``: its default, uncompressed transfer syntaxes only."""
     out_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out_dir), "+xa",
+    accept = ["+xa"] if compressed else []
+    proc = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out_dir), *accept,
                              *extra, str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -66,6 +70,29 @@ def test_send_to_dcmtk_storescp(tmp_path: Path, storescp: tuple[int, Path]) -> N
         assert (pydicom.dcmread(got, stop_before_pixels=True).file_meta.TransferSyntaxUID
                 == pydicom.dcmread(src, stop_before_pixels=True).file_meta.TransferSyntaxUID)
         assert dataset_bytes(got) == dataset_bytes(src)
+
+
+def test_compressed_files_go_decompressed_to_a_peer_without_compression(tmp_path: Path) -> None:
+    files = [
+        write_multiframe(tmp_path / "j2k.dcm", transfer_syntax=JPEG2000Lossless),
+        write_multiframe(tmp_path / "rle.dcm", transfer_syntax=RLELossless, sop_class=SC,
+                         frames=1),
+        write_multiframe(tmp_path / "mf.dcm"),
+    ]
+    proc, port = start_storescp(tmp_path / "plain", compressed=False)
+    try:
+        send_datasets(files, ae_title="STORESCP", host="127.0.0.1", port=port,
+                      calling_ae_title="PICARD")
+    finally:
+        stop_process(proc)
+    received = {pydicom.dcmread(p).SOPInstanceUID: p for p in (tmp_path / "plain").iterdir()}
+    assert len(received) == len(files)
+    for src in files:
+        sent = pydicom.dcmread(src)
+        got = pydicom.dcmread(received[sent.SOPInstanceUID])
+        assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert got.SOPClassUID == sent.SOPClassUID
+        np.testing.assert_array_equal(got.pixel_array, sent.pixel_array)
 
 
 def test_echo_dcmtk_storescp(storescp: tuple[int, Path]) -> None:
