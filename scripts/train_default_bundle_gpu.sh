@@ -2,7 +2,7 @@
 # GPU recipe for the default PICARD bundle on the realistic phantoms, at the official width.
 #
 # NOT RUN YET: written on a CPU-only session (2026-11-30) for a later session that gets a
-# CUDA GPU; the shipped bundle 0.2-synthetic-realistic (or 0.1-synthetic) was trained on a
+# CUDA GPU; the shipped bundle 0.2.1-synthetic-realistic (as 0.2 and 0.1) was trained on a
 # 2-core CPU at ngf = ndf = 8. Nothing here has been executed on a GPU: check the first part's
 # log (iterations per minute, GPU memory) before relying on the part lengths below.
 #
@@ -21,7 +21,7 @@
 #
 # Settings (environment): OUT (runs/default-gpu), PARTS (6), PART_MINUTES (8), NGF/NDF (32, the
 # official width; 3.6 M generator parameters), BATCH (55, official), SPACING (1.0: the model's
-# pixel size in mm, as the shipped bundle; window 64 / hole 32 px are then 64 / 32 mm, so a
+# pixel size in mm; the shipped bundle is at 0.4 mm; window 64 / hole 32 px are then 64 / 32 mm, so a
 # 5-30 mm mass fits in the hole -- at 0.4 mm the 12.8 mm hole sits inside a large mass and is
 # completed as mass, see the README), STRIDE (5 px = 5 mm, a 5 mm mass), P_GRID (dropout p tried on
 # validation: 0.5 0.25 0.1), DEVICE (cuda), COMPARE_WITH
