@@ -2,10 +2,11 @@
 
 :func:`send_datasets` proposes exactly the (SOP class, transfer syntax) pairs the files need,
 streams each file as stored (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``: no decoding, no
-re-encoding) -- a compressed file also proposes Explicit VR Little Endian and is sent
-decompressed, same SOP Instance UID, to a peer that does not accept its compression -- and raises :class:`ExportError` unless **every** response status is
-``0x0000`` — warnings such as ``0xB000`` (coercion of data elements) count as failures,
-because the stored object may differ from ours.
+re-encoding; a compressed file also proposes Explicit VR Little Endian and is sent decoded,
+same SOP Instance UID, to a peer that does not accept its compression) and raises
+:class:`ExportError` unless **every** response status is ``0x0000`` — warnings such as
+``0xB000`` (coercion of data elements) count as failures, because the stored object may
+differ from ours.
 
 Both :func:`send_datasets` and :func:`echo` speak DICOM TLS when given ``tls`` (pynetdicom's
 ``(ssl_context, server_hostname)``); :func:`send_to_destination` and
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.dsutils import split_dataset
@@ -78,8 +79,8 @@ def _proposed(sop: UID, ts: UID) -> list[tuple[UID, UID]]:
     return [(sop, ts), (sop, ExplicitVRLittleEndian)] if ts.is_encapsulated else [(sop, ts)]
 
 
-def _decompressed(path: Path) -> Any:
-    """The file decoded to Explicit VR Little Endian, same SOP Instance UID (a dataset)."""
+def _decompressed(path: Path) -> Dataset:
+    """The file decoded to Explicit VR Little Endian, same SOP Instance UID."""
     ds = dcmread(path)
     try:
         ds.decompress(generate_instance_uid=False)

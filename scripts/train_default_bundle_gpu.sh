@@ -21,9 +21,9 @@
 #
 # Settings (environment): OUT (runs/default-gpu), PARTS (6), PART_MINUTES (8), NGF/NDF (32, the
 # official width; 3.6 M generator parameters), BATCH (55, official), SPACING (1.0: the model's
-# pixel size in mm; the shipped bundle is at 0.4 mm; window 64 / hole 32 px are then 64 / 32 mm, so a
-# 5-30 mm mass fits in the hole -- at 0.4 mm the 12.8 mm hole sits inside a large mass and is
-# completed as mass, see the README), STRIDE (5 px = 5 mm, a 5 mm mass), P_GRID (dropout p tried on
+# pixel size in mm; the shipped bundle is at 0.4 mm; window 64 / hole 32 px are then 64 / 32 mm,
+# so a 5-30 mm mass fits in the hole -- at 0.4 mm the 12.8 mm hole sits inside a large mass and
+# is completed as mass, see the README), STRIDE (5 px = 5 mm, a 5 mm mass), P_GRID (dropout p tried on
 # validation: 0.5 0.25 0.1), DEVICE (cuda), COMPARE_WITH
 # (models/bundles/default), INIT_FROM (empty: cold start; a bundle of the SAME width to
 # warm-start, e.g. an earlier ngf-32 run's bundle), THREADS (CPU threads for the host side, 4).
