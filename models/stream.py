@@ -64,13 +64,20 @@ def grid_size(shape: tuple[int, int], spacing: tuple[float, float],
             max(1, round(shape[1] * spacing[1] / target_mm)))
 
 
+def _unit_slice(image: np.ndarray, value_scale: float | None) -> np.ndarray:
+    """One stored slice as float32 in [0, 1] units on its own grid (not clipped)."""
+    img = np.asarray(image, dtype=np.float32)
+    return img * np.float32(value_scale) if value_scale is not None else img
+
+
+def _to_model_grid(unit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.clip(resample_slice(unit, size), 0.0, 1.0)
+
+
 def load_slice(image: np.ndarray, size: tuple[int, int],
                value_scale: float | None) -> np.ndarray:
     """One stored slice as float32 in [0, 1] on the model grid ``size``."""
-    img = np.asarray(image, dtype=np.float32)
-    if value_scale is not None:
-        img = img * np.float32(value_scale)
-    return np.clip(resample_slice(img, size), 0.0, 1.0)
+    return _to_model_grid(_unit_slice(image, value_scale), size)
 
 
 def scored_slices(z: int, slice_step: int) -> list[int]:
@@ -117,13 +124,8 @@ def stream_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.n
     """
     h, w = volume.shape[1:]
 
-    def air_of(stored: np.ndarray) -> np.ndarray | None:
-        if background_level is None:
-            return None
-        img = np.asarray(stored, dtype=np.float32)
-        if value_scale is not None:
-            img = img * np.float32(value_scale)
-        return img <= background_level
+    def air_of(unit: np.ndarray) -> np.ndarray | None:
+        return None if background_level is None else unit <= background_level
 
     def mask_air(j: int, air: np.ndarray | None) -> None:
         if air is not None:
@@ -131,8 +133,8 @@ def stream_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.n
                 out[j][air] = 0.0
 
     def load(k: int) -> tuple[np.ndarray, np.ndarray | None]:
-        stored = volume[k]  # read once: the model-grid slice and the air mask
-        return load_slice(stored, size, value_scale), air_of(stored)
+        unit = _unit_slice(volume[k], value_scale)  # once: the model-grid slice and the air mask
+        return _to_model_grid(unit, size), air_of(unit)
 
     pool = ThreadPoolExecutor(max_workers=1) if prefetch and len(slices) > 1 else None
     try:
@@ -154,7 +156,8 @@ def stream_volume(volume: np.ndarray, slice_maps: SliceMaps, outs: Sequence[np.n
                     t = (j - prev) / (k - prev)
                     for out in outs:
                         out[j] = (1.0 - t) * out[prev] + t * out[k]
-                    mask_air(j, air_of(volume[j]))
+                    if background_level is not None:
+                        mask_air(j, air_of(_unit_slice(volume[j], value_scale)))
             prev = k
             if progress is not None:
                 progress(done, len(slices))
